@@ -160,7 +160,7 @@ def delta_energy(
 
     # One pass of exp over the shifted logits serves both partition functions. The cropped entries are
     # zeroed before the sum instead of subtracted after it, so the kept mass keeps full precision even
-    # when the top class holds almost all of it (where MSP saturates).
+    # when the top class has almost all of it (where MSP saturates).
     if top_c == 1:
         top_values, top_indices = similarities.max(dim=1, keepdim=True)
     else:
@@ -241,7 +241,7 @@ SCORES: Mapping[str, ScoreFn] = {
     "delta_energy": delta_energy,
 }
 
-# Temperatures that a score uses unless told otherwise; the others use the model's own τ.
+# Default temperatures of scores that do not use the model's own τ (a caller may override them).
 SCORE_DEFAULT_TEMPERATURES: Mapping[str, float] = {"mcm": 1.0}
 
 
