@@ -88,6 +88,11 @@ class ArrayImageDataset(Dataset):
         self.ood_class_names = None if ood_class_names is None else list(ood_class_names)
 
     @property
+    def fingerprint(self) -> str:
+        """Content hash of images and labels, which the feature cache adds to its key."""
+        return f"{self.sha256}:{self.mode}"
+
+    @property
     def targets(self) -> list[int]:
         """Labels as a list of ints, the torchvision ``ImageFolder`` attribute name."""
         return self.labels.tolist()
