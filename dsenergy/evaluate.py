@@ -1,0 +1,263 @@
+"""Evaluation of a CLIP classifier: accuracy on ID and covariate-shifted splits, OOD detection per score.
+
+:func:`evaluate_model` returns a tidy (long) table with one row per (split, score, metric):
+
+* ``metric="accuracy"`` rows for every labelled split (role ``id`` or ``covariate``), with an
+  empty ``score``;
+* ``auroc``, ``fpr95``, ``aupr_in`` and ``aupr_out`` rows for every OOD split and every score,
+  computed against the ID split's scores with :func:`dsenergy.metrics.evaluate_ood`.
+
+Every row names the model, its weights, the training method and seed, the temperature ``τ`` the
+score used and the metric convention (``positive="id"``: FPR95 is the fraction of OOD images
+accepted when 95 % of ID images are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from dsenergy.metrics import evaluate_ood
+from dsenergy.prompts import PromptLearner
+from dsenergy.scores import compute_score, score_temperature
+
+__all__ = [
+    "DEFAULT_SCORES",
+    "OOD_METRICS",
+    "RESULT_COLUMNS",
+    "EvalSplit",
+    "split_role",
+    "similarity_function",
+    "evaluate_model",
+    "save_results",
+    "summarize_over_seeds",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SCORES: tuple[str, ...] = ("msp", "energy", "max_logit", "mcm", "delta_energy")
+OOD_METRICS: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")
+RESULT_COLUMNS: tuple[str, ...] = (
+    "model", "pretrained", "weights_id", "method", "seed", "split", "split_role", "score",
+    "temperature", "metric", "value", "positive", "n_id", "n_split",
+)
+_ROLES = ("id", "covariate", "ood")
+
+SimilarityFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EvalSplit:
+    """Image features of one split, with labels for ID and covariate splits, and the split's role."""
+
+    features: torch.Tensor
+    labels: torch.Tensor | None = None
+    role: str = "id"
+
+
+def split_role(name: str) -> str:
+    """Infer a split's role from its name: ``id*`` → id, ``covariate*`` → covariate, ``ood*`` → ood."""
+    for role in _ROLES:
+        if name.startswith(role):
+            return role
+    raise ValueError(
+        f"cannot infer the role of split {name!r} from its name; pass EvalSplit(features, labels, role=...) "
+        f"with role one of {_ROLES}"
+    )
+
+
+def _as_split(name: str, value: Any) -> EvalSplit:
+    if isinstance(value, EvalSplit):
+        split = value
+    elif isinstance(value, torch.Tensor):
+        split = EvalSplit(value, None, split_role(name))
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        features, labels = value
+        split = EvalSplit(torch.as_tensor(features), None if labels is None else torch.as_tensor(labels), split_role(name))
+    else:
+        raise TypeError(f"split {name!r}: expected EvalSplit, features or (features, labels), got {type(value).__name__}")
+    if split.role not in _ROLES:
+        raise ValueError(f"split {name!r} has role {split.role!r}; choose one of {_ROLES}")
+    if split.role != "ood" and split.labels is None:
+        raise ValueError(f"split {name!r} has role {split.role!r} but no labels; accuracy needs labels")
+    return split
+
+
+def similarity_function(model: Any) -> SimilarityFn:
+    """Turn a prompt learner, a zero-shot classifier, a ``K × D`` text-feature matrix or a callable into ``z ↦ s``."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    if isinstance(model, PromptLearner):
+        with torch.no_grad():
+            text_features = model().float()
+        return lambda image_features: F.normalize(image_features.float(), dim=-1).to(text_features.device) @ text_features.t()
+    if hasattr(model, "similarities"):
+        return model.similarities
+    if isinstance(model, torch.Tensor):
+        text_features = F.normalize(model.detach().float(), dim=-1)
+        return lambda image_features: F.normalize(image_features.float(), dim=-1).to(text_features.device) @ text_features.t()
+    if callable(model):
+        return model
+    raise TypeError(
+        f"cannot compute similarities with {type(model).__name__}; pass a PromptLearner, a ZeroShotClassifier, "
+        "a K×D text-feature tensor or a callable image_features -> similarities"
+    )
+
+
+def _score_temperatures(
+    scores: Sequence[str], model_temperature: float, temperatures: float | Mapping[str, float] | None
+) -> dict[str, float]:
+    if temperatures is None or isinstance(temperatures, Mapping):
+        overrides = dict(temperatures or {})
+        unknown = sorted(set(overrides) - set(scores))
+        if unknown:
+            raise ValueError(f"temperatures given for scores {unknown} that are not evaluated; scores are {list(scores)}")
+        return {name: score_temperature(name, model_temperature, overrides.get(name)) for name in scores}
+    return {name: score_temperature(name, model_temperature, float(temperatures)) for name in scores}
+
+
+def evaluate_model(
+    model: Any,
+    splits: Mapping[str, Any],
+    bundle: Any = None,
+    scores: Sequence[str] = DEFAULT_SCORES,
+    temperatures: float | Mapping[str, float] | None = None,
+    model_temperature: float | None = None,
+    method: str = "",
+    seed: int | None = None,
+    positive: str = "id",
+    delta_energy_options: Mapping[str, float] | None = None,
+    batch_size: int = 4096,
+) -> pd.DataFrame:
+    """Evaluate accuracy and OOD detection of ``model`` on feature splits; return a tidy table.
+
+    Args:
+        model: a :class:`~dsenergy.prompts.PromptLearner`, a zero-shot classifier (``similarities``
+            method), a ``K × D`` text-feature tensor or a callable from image features to cosines.
+        splits: split name → :class:`EvalSplit`, ``(features, labels)`` or OOD features. Roles come
+            from the names (``id_test``, ``covariate/<shift>/<severity>``, ``ood_near``) unless given.
+            OOD metrics need exactly one ``id`` split.
+        bundle: the :class:`~dsenergy.models.ClipBundle`; names the model and gives ``τ = 1/logit_scale``.
+        scores: names from :data:`dsenergy.scores.SCORES`.
+        temperatures: one τ for every score, or score name → τ; other scores use their default
+            (:func:`dsenergy.scores.score_temperature`).
+        model_temperature: the model's τ when ``bundle`` is ``None``.
+        method, seed: recorded in the table.
+        positive: metric convention, ``"id"`` or ``"ood"``.
+        delta_energy_options: ``top_c`` and ``crop_value`` for the ``delta_energy`` score.
+    """
+    if model_temperature is None:
+        if bundle is None:
+            raise ValueError("pass bundle or model_temperature; the scores need the model's temperature τ")
+        model_temperature = 1.0 / bundle.logit_scale
+    similarity = similarity_function(model)
+    taus = _score_temperatures(scores, model_temperature, temperatures)
+    parsed = {name: _as_split(name, value) for name, value in splits.items()}
+    id_names = [name for name, split in parsed.items() if split.role == "id"]
+    ood_names = [name for name, split in parsed.items() if split.role == "ood"]
+    if ood_names and len(id_names) != 1:
+        raise ValueError(f"OOD metrics need exactly one ID split, got {id_names}; name it id_* or set role='id'")
+
+    identity = {
+        "model": getattr(bundle, "name", ""),
+        "pretrained": getattr(bundle, "pretrained", None),
+        "weights_id": getattr(bundle, "weights_id", ""),
+        "method": method,
+        "seed": seed,
+    }
+    rows: list[dict[str, Any]] = []
+    similarities = {name: _similarities(similarity, split.features, batch_size) for name, split in parsed.items()}
+    n_id = len(parsed[id_names[0]].features) if len(id_names) == 1 else None
+
+    for name, split in parsed.items():
+        if split.labels is None:
+            continue
+        labels = split.labels.to(similarities[name].device).long()
+        accuracy = float((similarities[name].argmax(dim=1) == labels).float().mean())
+        rows.append(_row(identity, name, split.role, "", None, "accuracy", accuracy, positive, n_id, len(labels)))
+
+    if ood_names:
+        id_name = id_names[0]
+        options = dict(delta_energy_options or {})
+        for score in scores:
+            extra = options if score == "delta_energy" else {}
+            id_scores = compute_score(score, similarities[id_name], model_temperature, taus[score], **extra)
+            for ood_name in ood_names:
+                ood_scores = compute_score(score, similarities[ood_name], model_temperature, taus[score], **extra)
+                metrics = evaluate_ood(id_scores.cpu().numpy(), ood_scores.cpu().numpy(), positive=positive)
+                for metric in OOD_METRICS:
+                    rows.append(
+                        _row(identity, ood_name, "ood", score, taus[score], metric, float(metrics[metric]),
+                             positive, n_id, len(ood_scores))
+                    )
+
+    table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    logger.info(
+        "evaluated %s (%s, seed %s) on %d splits with scores %s: %d rows",
+        identity["model"], method or "-", seed, len(parsed), list(scores), len(table),
+    )
+    return table
+
+
+def _similarities(similarity: SimilarityFn, features: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        parts = [similarity(features[start : start + batch_size]).float() for start in range(0, len(features), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, 0)
+
+
+def _row(identity, split, role, score, temperature, metric, value, positive, n_id, n_split) -> dict[str, Any]:
+    return {
+        **identity,
+        "split": split,
+        "split_role": role,
+        "score": score,
+        "temperature": temperature,
+        "metric": metric,
+        "value": value,
+        "positive": positive,
+        "n_id": n_id,
+        "n_split": n_split,
+    }
+
+
+def summarize_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the mean, sample standard deviation and count of ``value`` over seeds for every other key."""
+    keys = ["model", "weights_id", "method", "split", "split_role", "score", "temperature", "metric", "positive"]
+    keys = [key for key in keys if key in table.columns]
+    grouped = table.fillna({"temperature": -1.0}).groupby(keys, sort=False, dropna=False)["value"]
+    summary = grouped.agg(mean="mean", std="std", n_seeds="count").reset_index()
+    summary["temperature"] = summary["temperature"].where(summary["temperature"] >= 0)
+    return summary
+
+
+def save_results(table: pd.DataFrame, path_stem: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``table`` to ``<path_stem>.csv`` and ``<path_stem>.json`` (a list of records), atomically."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = stem.with_name(stem.name + ".csv")
+    json_path = stem.with_name(stem.name + ".json")
+    records = json.loads(table.to_json(orient="records"))
+    _write_atomically(csv_path, table.to_csv(index=False))
+    _write_atomically(json_path, json.dumps(records, indent=2))
+    logger.info("wrote %d rows to %s and %s", len(table), csv_path, json_path)
+    return csv_path, json_path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,728 @@
+r"""CoOp prompt tuning with the EBM loss, on cached image features or on augmented images.
+
+Objective per batch (see :mod:`dsenergy.losses`):
+
+.. math::
+
+    L = \mathrm{CE}(s/\tau, y) + \lambda \, L_{EBM}, \qquad s_{ik} = z_i \cdot w_k,
+
+with ``z`` the frozen, normalised image features and ``w`` the prompt learner's normalised text
+features. ``method="coop"`` trains the cross-entropy alone (``λ = 0``); ``method="coop_ebm"`` adds
+``λ · L_EBM``; ``method="zeroshot"`` trains nothing and returns the learner initialised from the
+``ctx_init`` phrase. The text features of all classes are computed once per optimisation step.
+
+Defaults follow CoOp: SGD (lr 0.002, momentum 0.9, weight decay 5e-4), batch 32, one warm-up epoch
+at a constant lr of 1e-5, then a cosine schedule, stepped once per epoch:
+
+.. math::
+
+    \mathrm{lr}(e) = \mathrm{lr}_0 \cdot \tfrac12\Big(1 + \cos\frac{\pi (e - W)}{E - W}\Big), \quad e \ge W.
+
+Multi-process training runs under ``torchrun``: with ``WORLD_SIZE > 1`` in the environment the
+process group is initialised (gloo on CPU, nccl on CUDA), the data are sharded with
+``DistributedSampler`` and the learner is wrapped in ``DistributedDataParallel``. Each process takes
+``batch_size / world_size`` samples of the same global batch that a single process would take, so
+the averaged gradient equals the single-process gradient up to float rounding.
+
+Command line::
+
+    torchrun --nproc_per_node=2 -m dsenergy.train --method coop_ebm --epochs 10 --output-dir runs/ebm
+    python -m dsenergy.train --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from tqdm.auto import tqdm
+
+from dsenergy.losses import combined_loss
+from dsenergy.prompts import PromptLearner
+
+__all__ = [
+    "METHODS",
+    "TrainConfig",
+    "TrainResult",
+    "train_prompts",
+    "learning_rate_factor",
+    "save_prompt_learner",
+    "load_prompt_learner",
+    "CHECKPOINT_NAME",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("zeroshot", "coop", "coop_ebm")
+INPUT_MODES = ("features", "images")
+CHECKPOINT_NAME = "checkpoint.pt"
+PROMPT_LEARNER_NAME = "prompt_learner.pt"
+HISTORY_NAME = "history.json"
+_CHECKPOINT_FORMAT = 1
+_ZEROSHOT_PHRASE = "a photo of a"
+
+# Config fields that do not change the trained weights, so resuming may change them.
+_RESUME_FREE_FIELDS = {"resume", "output_dir", "num_workers", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one prompt-tuning run (CoOp defaults where CoOp has one)."""
+
+    method: str = "coop_ebm"
+    n_ctx: int = 16
+    ctx_init: str | None = None
+    class_specific: bool = False
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    ebm_weight: float = 1.0
+    top_c: int = 1
+    crop_value: float = 0.0
+    bound: str = "lower"
+    temperature: float | None = None
+    seed: int = 1
+    input_mode: str = "features"
+    amp: bool = False
+    num_workers: int = 0
+    output_dir: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Check every field and return a copy with ``method`` applied (``coop`` forces ``λ = 0``)."""
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is unknown; choose one of {METHODS}")
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode {self.input_mode!r} is unknown; choose one of {INPUT_MODES}")
+        if self.bound not in ("lower", "exact"):
+            raise ValueError(f"bound {self.bound!r} is unknown; choose 'lower' or 'exact'")
+        checks = {
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "warmup_lr": self.warmup_lr > 0,
+            "ebm_weight": self.ebm_weight >= 0,
+            "top_c": self.top_c >= 1,
+            "n_ctx": self.n_ctx >= 1 or bool(self.ctx_init),
+            "temperature": self.temperature is None or self.temperature > 0,
+            "num_workers": self.num_workers >= 0,
+        }
+        invalid = [name for name, ok in checks.items() if not ok]
+        if invalid:
+            values = {name: getattr(self, name) for name in invalid}
+            raise ValueError(f"invalid training settings {values}; see TrainConfig for the allowed ranges")
+
+        config = dataclasses.replace(self)
+        if config.method == "coop" and config.ebm_weight != 0:
+            logger.info("method 'coop' trains cross-entropy only; ebm_weight %s is set to 0", config.ebm_weight)
+            config.ebm_weight = 0.0
+        if config.method == "zeroshot" and not config.ctx_init:
+            config.ctx_init = _ZEROSHOT_PHRASE
+        if config.method != "zeroshot" and 0 < config.epochs <= config.warmup_epochs:
+            logger.warning(
+                "epochs (%d) <= warmup_epochs (%d): every epoch runs at the warm-up lr %g",
+                config.epochs, config.warmup_epochs, config.warmup_lr,
+            )
+        return config
+
+
+@dataclass
+class TrainResult:
+    """A trained prompt learner with its per-epoch history (``ce``, ``ebm``, ``total``, ``lr``, ``acc``)."""
+
+    prompt_learner: PromptLearner
+    history: list[dict[str, float]] = field(default_factory=list)
+    config: TrainConfig | None = None
+    checkpoint_path: Path | None = None
+
+
+def learning_rate_factor(epoch: int, config: TrainConfig) -> float:
+    """Return ``lr(epoch) / lr_0``: constant warm-up, then half a cosine over the remaining epochs."""
+    if epoch < config.warmup_epochs:
+        return config.warmup_lr / config.lr
+    cosine_epochs = max(config.epochs - config.warmup_epochs, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / cosine_epochs))
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed setup
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device: torch.device) -> _Distributed:
+    """Initialise the process group when launched by torchrun with more than one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _Distributed()
+    initialised_here = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        initialised_here = True
+        logger.info("initialised process group: backend %s, world size %d", backend, world_size)
+    return _Distributed(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        initialised_here=initialised_here,
+    )
+
+
+def _all_reduce_sums(values: list[float], device: torch.device, distributed: _Distributed) -> list[float]:
+    if not distributed.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+class _TransformedDataset(Dataset):
+    """Apply a transform to the image of each ``(image, label)`` item."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        if not isinstance(image, torch.Tensor):
+            image = self.transform(image)
+        return image, int(label)
+
+
+def _training_dataset(train_data: Any, config: TrainConfig, bundle: Any) -> Dataset:
+    """Return a dataset of (features or image tensor, label) for the configured input mode."""
+    if config.input_mode == "features":
+        if isinstance(train_data, tuple) and len(train_data) == 2:
+            features, labels = (torch.as_tensor(part) for part in train_data)
+        elif isinstance(train_data, TensorDataset) and len(train_data.tensors) == 2:
+            features, labels = train_data.tensors
+        else:
+            raise TypeError(
+                f"input_mode 'features' expects (features N×D, labels N) or a TensorDataset, got "
+                f"{type(train_data).__name__}; extract features with dsenergy.features.cached_features "
+                "or set input_mode='images'"
+            )
+        if features.dim() != 2 or labels.dim() != 1 or len(features) != len(labels):
+            raise ValueError(
+                f"features must be N×D and labels N, got shapes {tuple(features.shape)} and {tuple(labels.shape)}"
+            )
+        features = F.normalize(features.detach().float().cpu(), dim=-1)
+        return TensorDataset(features, labels.detach().long().cpu())
+
+    if isinstance(train_data, tuple):
+        raise TypeError("input_mode 'images' expects a dataset of (image, label) items, got a tuple of tensors")
+    return _TransformedDataset(train_data, bundle.preprocess_train)
+
+
+def _check_labels(dataset: Dataset, num_classes: int) -> None:
+    if isinstance(dataset, TensorDataset):
+        labels = dataset.tensors[1]
+        if len(labels) == 0:
+            raise ValueError("train_data is empty")
+        if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}) for {num_classes} class names, "
+                f"got range [{int(labels.min())}, {int(labels.max())}]"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    return state
+
+
+def _restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def _config_for_record(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, class_names: Sequence[str], path: Path) -> None:
+    current = _config_for_record(config)
+    changed = {
+        key: (saved["config"].get(key), value)
+        for key, value in current.items()
+        if key not in _RESUME_FREE_FIELDS and saved["config"].get(key) != value
+    }
+    if changed:
+        raise ValueError(
+            f"checkpoint {path} was written with other settings {changed} (saved, requested); "
+            "resume with the same settings or choose another output_dir"
+        )
+    if list(saved["class_names"]) != list(class_names):
+        raise ValueError(f"checkpoint {path} was trained on other class names; choose another output_dir")
+
+
+def save_prompt_learner(learner: PromptLearner, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write the context vectors and the settings needed to rebuild the learner, atomically."""
+    path = Path(path)
+    payload = {
+        "context_vectors": learner.context_vectors.detach().cpu(),
+        "class_names": list(learner.class_names),
+        "n_ctx": learner.n_ctx,
+        "ctx_init": learner.ctx_init,
+        "class_specific": learner.class_specific,
+        "extra": extra or {},
+    }
+    _atomic_torch_save(payload, path)
+    return path
+
+
+def load_prompt_learner(path: str | os.PathLike, bundle: Any) -> PromptLearner:
+    """Rebuild a prompt learner written by :func:`save_prompt_learner` on ``bundle``'s model."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    learner = PromptLearner(
+        bundle.model,
+        bundle.tokenizer,
+        payload["class_names"],
+        n_ctx=payload["n_ctx"],
+        ctx_init=payload["ctx_init"],
+        class_specific=payload["class_specific"],
+    )
+    with torch.no_grad():
+        learner.context_vectors.copy_(payload["context_vectors"])
+    return learner
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    # NOTE: the float16 autocast + GradScaler path is not covered by the CPU test suite.
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _encode_images(model: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
+    device = _model_device(model)
+    dtype = next(model.visual.parameters()).dtype
+    with torch.no_grad(), _autocast(device, amp):
+        features = model.encode_image(images.to(device, dtype=dtype))
+    return F.normalize(features.float(), dim=-1)
+
+
+def train_prompts(
+    bundle: Any,
+    class_names: Sequence[str],
+    train_data: Any,
+    config: TrainConfig | None = None,
+    epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train CoOp context vectors with CE (+ λ·EBM) on frozen CLIP towers.
+
+    Args:
+        bundle: a :class:`dsenergy.models.ClipBundle` (``model``, ``tokenizer``, ``preprocess_train``,
+            ``logit_scale``).
+        class_names: one name per class; labels index this list.
+        train_data: ``(features N×D, labels N)`` or a ``TensorDataset`` for ``input_mode="features"``;
+            a dataset of ``(PIL image, label)`` for ``input_mode="images"``.
+        config: training settings; ``TrainConfig()`` when ``None``.
+        epoch_callback: called after each epoch's checkpoint as ``callback(epoch, record)``.
+
+    Returns:
+        The learner (its context vectors on the model's device) and the per-epoch history.
+    """
+    config = (config or TrainConfig()).validate()
+    model = bundle.model
+    device = _model_device(model)
+    amp = config.amp and device.type == "cuda"
+    if config.amp and not amp:
+        logger.warning("amp is only used on CUDA; training on %s runs in the model's precision", device)
+
+    learner = PromptLearner(
+        model,
+        bundle.tokenizer,
+        class_names,
+        n_ctx=config.n_ctx,
+        ctx_init=config.ctx_init,
+        class_specific=config.class_specific,
+        seed=config.seed,
+    )
+    if config.method == "zeroshot" or config.epochs == 0:
+        logger.info("method %s with %d epochs: returning the initial context", config.method, config.epochs)
+        return TrainResult(prompt_learner=learner, history=[], config=config)
+
+    distributed = _setup_distributed(device)
+    try:
+        return _train(bundle, learner, train_data, config, distributed, device, amp, epoch_callback)
+    finally:
+        if distributed.initialised_here:
+            dist.destroy_process_group()
+
+
+def _train(
+    bundle: Any,
+    learner: PromptLearner,
+    train_data: Any,
+    config: TrainConfig,
+    distributed: _Distributed,
+    device: torch.device,
+    amp: bool,
+    epoch_callback: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    if config.batch_size % distributed.world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by the world size {distributed.world_size}; "
+            "the global batch is split evenly across processes"
+        )
+    local_batch_size = config.batch_size // distributed.world_size
+    temperature = config.temperature if config.temperature is not None else 1.0 / bundle.logit_scale
+
+    dataset = _training_dataset(train_data, config, bundle)
+    _check_labels(dataset, len(learner.class_names))
+    # drop_last on both sampler and loader makes every global batch full and identical to the
+    # single-process batch, whatever the world size.
+    drop_last = len(dataset) >= config.batch_size
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=distributed.world_size,
+        rank=distributed.rank,
+        shuffle=True,
+        seed=config.seed,
+        drop_last=drop_last,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=local_batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    if len(loader) == 0:
+        raise ValueError(f"train_data has {len(dataset)} samples, too few for one batch of {config.batch_size}")
+
+    trained: nn.Module = learner
+    if distributed.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        # The prompt buffers are identical on every rank, so they are never re-broadcast per step.
+        parallel_options = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+        no_buffer_sync = (
+            {"forward_sync_buffers": False} if "forward_sync_buffers" in parallel_options else {"broadcast_buffers": False}
+        )
+        trained = nn.parallel.DistributedDataParallel(learner, device_ids=device_ids, **no_buffer_sync)
+
+    optimizer = torch.optim.SGD(
+        [learner.context_vectors], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: learning_rate_factor(epoch, config))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    torch.manual_seed(config.seed + distributed.rank)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    output_dir = Path(config.output_dir) if config.output_dir else None
+    checkpoint_path = output_dir / CHECKPOINT_NAME if output_dir else None
+    if config.resume:
+        if checkpoint_path is None:
+            raise ValueError("resume=True needs output_dir, the folder holding checkpoint.pt")
+        if checkpoint_path.is_file():
+            saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            _check_resumable(saved, config, learner.class_names, checkpoint_path)
+            with torch.no_grad():
+                learner.context_vectors.copy_(saved["context_vectors"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            _restore_rng_state(saved["rng"][min(distributed.rank, len(saved["rng"]) - 1)], device)
+            history = list(saved["history"])
+            start_epoch = int(saved["epoch"])
+            logger.info("resumed from %s after epoch %d of %d", checkpoint_path, start_epoch, config.epochs)
+        else:
+            logger.info("resume requested but %s does not exist; starting from epoch 0", checkpoint_path)
+
+    logger.info(
+        "training %s: %d samples, %d classes, %d epochs, global batch %d (%d per process × %d), τ=%.4g, λ=%g",
+        config.method, len(dataset), len(learner.class_names), config.epochs, config.batch_size,
+        local_batch_size, distributed.world_size, temperature, config.ebm_weight,
+    )
+
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        learner.train()
+        lr = optimizer.param_groups[0]["lr"]
+        sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # ce, ebm, total (each × samples), correct, samples
+        steps = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            disable=not (config.progress and distributed.is_main),
+        )
+        for inputs, labels in steps:
+            labels = labels.to(device)
+            if config.input_mode == "images":
+                image_features = _encode_images(bundle.model, inputs, amp)
+            else:
+                image_features = inputs.to(device)
+
+            with _autocast(device, amp):
+                text_features = trained()
+            similarities = image_features @ text_features.float().t()
+            parts = combined_loss(
+                similarities,
+                labels,
+                temperature,
+                config.ebm_weight,
+                top_c=config.top_c,
+                crop_value=config.crop_value,
+                bound=config.bound,
+            )
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(parts.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+            count = len(labels)
+            ce_value, ebm_value = float(parts.ce.detach()), float(parts.ebm.detach())
+            sums[0] += ce_value * count
+            sums[1] += ebm_value * count
+            sums[2] += float(parts.total.detach()) * count
+            sums[3] += float((similarities.detach().argmax(dim=1) == labels).sum())
+            sums[4] += count
+            steps.set_postfix(ce=f"{ce_value:.4f}", ebm=f"{ebm_value:.4f}")
+
+        scheduler.step()
+        ce, ebm, total, correct, samples = _all_reduce_sums(sums, device, distributed)
+        record = {
+            "epoch": epoch + 1,
+            "ce": ce / samples,
+            "ebm": ebm / samples,
+            "total": total / samples,
+            "lr": lr,
+            "acc": correct / samples,
+        }
+        history.append(record)
+        logger.info(
+            "epoch %d/%d: ce %.4f, ebm %.4f, total %.4f, lr %.3g, train acc %.4f",
+            epoch + 1, config.epochs, record["ce"], record["ebm"], record["total"], lr, record["acc"],
+        )
+
+        if checkpoint_path is not None:
+            rng_states = [_rng_state(device)]
+            if distributed.enabled:
+                gathered: list[Any] = [None] * distributed.world_size
+                dist.all_gather_object(gathered, rng_states[0])
+                rng_states = gathered
+            if distributed.is_main:
+                _atomic_torch_save(
+                    {
+                        "format": _CHECKPOINT_FORMAT,
+                        "epoch": epoch + 1,
+                        "context_vectors": learner.context_vectors.detach().cpu(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng_states,
+                        "history": history,
+                        "config": _config_for_record(config),
+                        "class_names": list(learner.class_names),
+                    },
+                    checkpoint_path,
+                )
+            if distributed.enabled:
+                dist.barrier()
+        if epoch_callback is not None:
+            epoch_callback(epoch + 1, record)
+
+    learner.eval()
+    if output_dir is not None and distributed.is_main:
+        save_prompt_learner(learner, output_dir / PROMPT_LEARNER_NAME, extra={"config": _config_for_record(config)})
+        _atomic_write_text(json.dumps(history, indent=2), output_dir / HISTORY_NAME)
+        logger.info("wrote %s and %s", output_dir / PROMPT_LEARNER_NAME, output_dir / HISTORY_NAME)
+    return TrainResult(prompt_learner=learner, history=history, config=config, checkpoint_path=checkpoint_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dsenergy.train",
+        description="Train CoOp context vectors (optionally with the EBM loss) on a K-shot fashion-open split.",
+    )
+    parser.add_argument("--model", default=None, help="open_clip model name (default: the demo model dsenergy-demo)")
+    parser.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file (default: the model's own)")
+    parser.add_argument("--shots", type=int, default=16, help="training images per class (K-shot); 0 uses all")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available)")
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    defaults = TrainConfig()
+    helps = {
+        "method": f"one of {METHODS}",
+        "n_ctx": "number of context vectors (ignored with --ctx-init)",
+        "ctx_init": "phrase that initialises the context, e.g. 'a photo of a'",
+        "class_specific": "learn one context per class",
+        "epochs": "training epochs",
+        "batch_size": "global batch size, split across torchrun processes",
+        "lr": "peak SGD learning rate",
+        "momentum": "SGD momentum",
+        "weight_decay": "SGD weight decay",
+        "warmup_epochs": "epochs at the constant warm-up learning rate",
+        "warmup_lr": "warm-up learning rate",
+        "ebm_weight": "λ, weight of the EBM loss (method coop_ebm)",
+        "top_c": "number of cropped classes c in the EBM loss",
+        "crop_value": "crop value a that cropped similarities are set to",
+        "bound": "'lower' (lower bound) or 'exact' ΔEnergy target",
+        "temperature": "τ of the loss (default: 1 / the model's logit scale)",
+        "seed": "random seed (context initialisation, data order, K-shot split)",
+        "input_mode": "'features' (cached image features) or 'images' (augmented images)",
+        "amp": "mixed precision on CUDA",
+        "num_workers": "data loader worker processes",
+        "output_dir": "folder for checkpoint.pt, prompt_learner.pt and history.json",
+        "resume": "continue from output_dir/checkpoint.pt",
+        "progress": "show progress bars",
+    }
+    for item in dataclasses.fields(TrainConfig):
+        flag = "--" + item.name.replace("_", "-")
+        default = getattr(defaults, item.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps[item.name])
+        elif item.name in ("ctx_init", "output_dir"):
+            parser.add_argument(flag, default=default, help=helps[item.name])
+        elif item.name == "temperature":
+            parser.add_argument(flag, type=float, default=default, help=helps[item.name])
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=f"{helps[item.name]} (default {default})")
+    return parser
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    """Train on the fashion-open ``id_train`` split (K-shot) with the demo model by default."""
+    from dsenergy import demo
+    from dsenergy.data import kshot_indices, load_fashion_open
+    from dsenergy.features import cached_features
+    from dsenergy.models import load_clip
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    config = TrainConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(TrainConfig)})
+    device = _resolve_device(args.device)
+    distributed = _setup_distributed(device)
+
+    try:
+        bundle = load_clip(args.model or demo.DEMO_MODEL_NAME, args.pretrained, device=device)
+        train_set = load_fashion_open("id_train")
+        labels = torch.tensor(np.array(train_set.labels), dtype=torch.long)
+        if args.shots > 0:
+            indices = torch.as_tensor(kshot_indices(labels.numpy(), args.shots, config.seed, train_set.identity))
+        else:
+            indices = torch.arange(len(labels))
+
+        if config.input_mode == "features":
+            # Rank 0 fills the feature cache first so the other processes read it instead of racing.
+            if distributed.enabled and not distributed.is_main:
+                dist.barrier()
+            features = cached_features(bundle, train_set, dataset_id=train_set.identity, progress=distributed.is_main)
+            if distributed.enabled and distributed.is_main:
+                dist.barrier()
+            train_data: Any = (features[indices], labels[indices])
+        else:
+            train_data = torch.utils.data.Subset(train_set, indices.tolist())
+
+        return train_prompts(bundle, list(train_set.class_names), train_data, config)
+    finally:
+        if distributed.initialised_here:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
