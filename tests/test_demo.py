@@ -1,0 +1,209 @@
+"""Tests of the demo model: config, committed checkpoint, training code and zero-shot accuracy."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dsenergy import demo
+from dsenergy.demo import (
+    DEMO_MODEL_CONFIG,
+    DEMO_MODEL_NAME,
+    DEMO_TEMPLATES,
+    DemoTrainConfig,
+    class_caption_contrastive_loss,
+    create_demo_model,
+    demo_checkpoint_path,
+    preprocess_to_uint8,
+    register_demo_config,
+    save_demo_checkpoint,
+    train_demo_model,
+)
+
+IMAGE_SIZE = DEMO_MODEL_CONFIG["vision_cfg"]["image_size"]
+
+
+def test_config_registers_and_builds():
+    register_demo_config()
+    register_demo_config()
+
+    assert DEMO_MODEL_NAME in open_clip.list_models()
+    assert open_clip.get_model_config(DEMO_MODEL_NAME) == DEMO_MODEL_CONFIG
+
+    model, _, preprocess = open_clip.create_model_and_transforms(DEMO_MODEL_NAME)
+    tokenizer = open_clip.get_tokenizer(DEMO_MODEL_NAME)
+    images = torch.stack([preprocess(Image.new("RGB", (28, 28), color)) for color in ("black", "white")])
+    tokens = tokenizer(["a photo of a bag.", "a photo of a dress."])
+
+    assert images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert tokens.shape == (2, DEMO_MODEL_CONFIG["text_cfg"]["context_length"])
+    with torch.no_grad():
+        assert model.encode_image(images).shape == (2, DEMO_MODEL_CONFIG["embed_dim"])
+        assert model.encode_text(tokens).shape == (2, DEMO_MODEL_CONFIG["embed_dim"])
+
+
+def test_templates_have_one_placeholder():
+    assert len(set(DEMO_TEMPLATES)) == len(DEMO_TEMPLATES)
+    for template in DEMO_TEMPLATES:
+        assert template.count("{}") == 1, template
+
+
+def test_preprocess_uint8_matches_pil_path():
+    register_demo_config()
+    model, _, preprocess = open_clip.create_model_and_transforms(DEMO_MODEL_NAME)
+    mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+
+    gray = preprocess_to_uint8(images, preprocess, mean[0], std[0])
+    pil_batch = torch.stack([preprocess(Image.fromarray(image)) for image in images])
+    tensor_batch = demo._normalize_batch(gray, mean, std)
+
+    assert gray.dtype == torch.uint8
+    assert gray.shape == (5, IMAGE_SIZE, IMAGE_SIZE)
+    torch.testing.assert_close(tensor_batch, pil_batch, atol=1e-5, rtol=0)
+
+
+def test_loss_ignores_same_class_pairs():
+    # Each image equals its class caption, so at scale 100 the image→text term is near zero. Each caption has two
+    # positive images with equal logits, so its caption→image term is exactly log 2.
+    text_features = F.normalize(torch.eye(3, 8), dim=-1)
+    image_features = text_features.repeat_interleave(2, dim=0)
+    image_labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    text_labels = torch.tensor([0, 1, 2])
+
+    loss = class_caption_contrastive_loss(image_features, text_features, image_labels, text_labels, torch.tensor(100.0))
+
+    assert loss.item() == pytest.approx(0.5 * math.log(2), abs=1e-4)
+
+
+def test_loss_rejects_missing_caption_class():
+    features = F.normalize(torch.randn(2, 8), dim=-1)
+    with pytest.raises(ValueError, match="no caption"):
+        class_caption_contrastive_loss(features, features[:1], torch.tensor([0, 1]), torch.tensor([0]), torch.tensor(10.0))
+
+
+def test_one_training_step_changes_weights():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(12) % 3
+    config = DemoTrainConfig(epochs=1, batch_size=6, seed=3, threads=1)
+
+    initial = create_demo_model(seed=config.seed).state_dict()
+    threads_before = torch.get_num_threads()
+    model, losses = train_demo_model(images, labels, ["bag", "dress", "sandal"], config, max_steps=1)
+    trained = model.state_dict()
+
+    assert len(losses) == 1
+    assert math.isfinite(losses[0])
+    assert not model.training
+    assert torch.get_num_threads() == threads_before
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.equal(trained["visual.conv1.weight"], initial["visual.conv1.weight"])
+    assert not torch.equal(trained["token_embedding.weight"], initial["token_embedding.weight"])
+
+
+def test_training_is_reproducible():
+    images = torch.randint(0, 256, (8, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(8) % 2
+    config = DemoTrainConfig(epochs=1, batch_size=4, seed=7, threads=1)
+
+    first, first_losses = train_demo_model(images, labels, ["bag", "dress"], config, max_steps=2)
+    second, second_losses = train_demo_model(images, labels, ["bag", "dress"], config, max_steps=2)
+
+    assert first_losses == second_losses
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name]), name
+
+
+def test_training_rejects_wrong_image_size():
+    images = torch.zeros(4, IMAGE_SIZE + 4, IMAGE_SIZE + 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="image size"):
+        train_demo_model(images, torch.zeros(4, dtype=torch.int64), ["bag"], DemoTrainConfig(threads=1), max_steps=1)
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    type_code = {np.dtype(np.uint8): 0x08}[array.dtype]
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+def test_train_command_writes_checkpoint(tmp_path):
+    # A tiny Fashion-MNIST folder written here replaces the Debian files, which CI lacks.
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 20), ("t10k", 12)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(count) % 10).astype(np.uint8))
+    out = tmp_path / "models" / "demo.pt"
+
+    demo.main(["train", "--epochs", "1", "--seed", "1", "--source", str(tmp_path), "--out", str(out),
+               "--batch-size", "10", "--threads", "1"])
+
+    record = json.loads((tmp_path / "models" / "demo.training.json").read_text())
+    assert out.is_file()
+    assert record["seed"] == 1
+    assert record["train_images"] == 20
+    assert len(record["epoch_losses"]) == 1
+    assert record["sha256"] == demo._sha256(out)
+    assert 0.0 <= record["id_test_accuracy_tensor_path"] <= 1.0
+
+
+def test_saved_checkpoint_round_trips(tmp_path):
+    model = create_demo_model(seed=5)
+    path = tmp_path / "demo.pt"
+    save_demo_checkpoint(model, path)
+
+    loaded = open_clip.create_model(DEMO_MODEL_NAME, pretrained=str(path))
+
+    for name, parameter in loaded.named_parameters():
+        assert parameter.dtype == torch.float32, name
+        torch.testing.assert_close(parameter, model.state_dict()[name].half().float(), atol=0, rtol=0)
+
+
+def test_committed_checkpoint_loads():
+    path = demo_checkpoint_path()
+    assert path.is_file(), f"{path} is missing; train it with `python -m dsenergy.demo train`"
+    assert path.stat().st_size <= 30 * 1024 * 1024
+
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    expected_keys = set(create_demo_model().state_dict())
+    assert set(state_dict) == expected_keys
+
+    model = open_clip.create_model(DEMO_MODEL_NAME, pretrained=str(path))
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+    assert 1.0 < model.logit_scale.exp().item() <= 100.0
+
+
+def test_committed_model_zero_shot_accuracy():
+    from dsenergy.data.fashion_open import FASHION_ID_CLASSES, load_fashion_open
+    from dsenergy.features import extract_features_and_labels
+    from dsenergy.metrics import accuracy
+    from dsenergy.models import build_zero_shot_classifier, load_clip
+
+    bundle = load_clip(DEMO_MODEL_NAME)
+    classifier = build_zero_shot_classifier(bundle, FASHION_ID_CLASSES, DEMO_TEMPLATES)
+    id_test = torch.utils.data.Subset(load_fashion_open("id_test"), range(0, 3000, 10))
+
+    features, labels = extract_features_and_labels(bundle, id_test, progress=False)
+
+    assert len(set(labels.tolist())) == len(FASHION_ID_CLASSES)
+    assert accuracy(classifier.similarities(features), labels) >= 0.85
+
+
+@pytest.mark.slow
+def test_evaluate_reports_model_card_numbers():
+    results = demo.evaluate_demo_model()
+
+    assert results["id_test_accuracy"] >= 0.9
+    assert results["id_test_accuracy_tensor_path"] == pytest.approx(results["id_test_accuracy"], abs=1e-3)
+    for name in ("MSP", "Energy", "ΔEnergy (c=1, a=0)"):
+        assert 0.5 < results["ood"]["ood_near"][name]["auroc"] <= 1.0
