@@ -8,8 +8,8 @@ demo model when its checkpoint exists, else the demo architecture with random we
 not depend on the weights). Each variant runs once to warm up, then ``--repeats`` times; the
 median is reported. Target: images / features ≥ 10.
 
-Run: ``python benchmarks/bench_train_epoch.py [--shots 64] [--repeats 3] [--device cpu]``; writes
-``benchmarks/results/train_epoch.json``.
+Run: ``python benchmarks/bench_train_epoch.py [--model ViT-B-32] [--shots 64] [--repeats 3] [--device cpu]
+[--out FILE]``; writes ``benchmarks/results/train_epoch.json`` by default.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ TARGET_RATIO = 10.0
 RANDOM_DEMO_NAME = "dsenergy-demo-random-weights"
 
 
-def _load_model(device: torch.device):
+def _load_model(device: torch.device, model_name: str):
+    if model_name != DEMO_MODEL_NAME:
+        return load_clip(model_name, None, device=device, seed=0), "random weights"
     if demo_checkpoint_path().is_file():
         return load_clip(DEMO_MODEL_NAME, device=device), "demo checkpoint"
     register_model_config(RANDOM_DEMO_NAME, DEMO_MODEL_CONFIG)
@@ -57,12 +59,17 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=64, help="training images per class")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (after one warm-up)")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument(
+        "--model",
+        default=DEMO_MODEL_NAME,
+        help="open_clip model name; any name other than the demo model runs with random weights",
+    )
     parser.add_argument("--out", default=str(RESULTS_PATH), help="JSON result file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     device = torch.device(args.device)
-    bundle, weights = _load_model(device)
+    bundle, weights = _load_model(device, args.model)
     train_set = load_fashion_open("id_train")
     labels = torch.tensor(np.array(train_set.labels), dtype=torch.long)
     indices = kshot_indices(labels.numpy(), args.shots, 1, train_set.identity).tolist()

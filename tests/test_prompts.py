@@ -86,11 +86,14 @@ def test_prompt_tokens_place_context_after_start_token():
 
     expected = bundle.tokenizer(["X X X bag."])
     placeholder = bundle.tokenizer(["X"])[0, 1]
+    end_of_text = int(expected[0].argmax())
 
-    assert torch.equal(learner.token_ids, expected)
+    # The causal text tower lets the learner drop every position after the end-of-text token.
+    assert learner.active_length == end_of_text + 1
+    assert torch.equal(learner.token_ids, expected[:, : end_of_text + 1])
     assert torch.equal(learner.token_ids[0, 1:4], placeholder.repeat(3))
     assert learner.token_prefix.shape[1] == 1
-    assert learner.token_suffix.shape[1] == expected.shape[1] - 4
+    assert learner.token_suffix.shape[1] == end_of_text + 1 - 4
 
 
 def test_only_context_vectors_are_trainable():
@@ -136,7 +139,8 @@ def test_generic_context_is_shared_by_classes():
 
     embeddings = learner.prompt_embeddings()
 
-    assert embeddings.shape[:2] == (len(CLASS_NAMES), TINY_MODEL_CONFIG["text_cfg"]["context_length"])
+    assert embeddings.shape[:2] == (len(CLASS_NAMES), learner.active_length)
+    assert learner.active_length < TINY_MODEL_CONFIG["text_cfg"]["context_length"]
     for row in embeddings[1:]:
         assert torch.equal(row[1:5], embeddings[0, 1:5])
 
