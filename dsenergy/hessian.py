@@ -19,6 +19,7 @@ tr(H_e H_e′) / (‖H_e‖_F ‖H_e′‖_F) and the gradient gap ‖∇L_e −
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "hutchinson_trace",
     "frobenius_norm",
     "hessian_consistency",
+    "math_attention",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +126,17 @@ def make_classifier_loss(
         )
 
     return loss_fn
+
+
+def math_attention() -> contextlib.AbstractContextManager:
+    """Return a context that runs ``scaled_dot_product_attention`` on its math backend.
+
+    HVPs through a text tower need second derivatives of attention. On CPU, PyTorch's fused kernel
+    ``_scaled_dot_product_flash_attention_for_cpu`` has neither forward-mode derivatives nor a double
+    backward (checked with torch 2.14), so both HVP modes fail inside it. The math backend is built
+    from ordinary differentiable operations and supports both.
+    """
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def trainable_parameter(module: nn.Module, name: str | None = None) -> tuple[str, Tensor]:
@@ -291,7 +305,9 @@ class HessianOperator:
             size = int(self.batch_size_fn(batch))
             if size <= 0:
                 continue
-            outputs = per_batch(batch)
+            # Second derivatives through attention exist only on the math backend (see math_attention).
+            with math_attention():
+                outputs = per_batch(batch)
             if totals is None:
                 totals = [size * out.detach() for out in outputs]
             else:

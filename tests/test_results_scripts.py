@@ -1,0 +1,131 @@
+"""Smoke-size runs of scripts/finetune_table.py and scripts/hessian_table.py on the demo architecture.
+
+The model has random weights (the scripts' output is meaningless but every code path runs) and every
+split is cut to a few dozen images with ``--max-images``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dsenergy.demo import DEMO_MODEL_CONFIG
+from dsenergy.models import load_clip, register_model_config
+from dsenergy.train import load_prompt_learner
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+RANDOM_MODEL = "dsenergy-demo-random-weights"
+SWEEP = [1.0, 10.0]
+
+
+def _load_script(name: str):
+    sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory):
+    """Run the fine-tuning table once at smoke size and return (module, output folder, config)."""
+    register_model_config(RANDOM_MODEL, DEMO_MODEL_CONFIG)
+    module = _load_script("finetune_table")
+    out = tmp_path_factory.mktemp("finetune")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DSENERGY_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        config = module.main([
+            "--model", RANDOM_MODEL, "--max-images", "60", "--shots", "2", "--val-per-class", "3",
+            "--epochs", "1", "--seeds", "1", "2", "--sweep-weights", *map(str, SWEEP),
+            "--splits", "id_test", "ood_near", "ood_far", "covariate/noise/1", "--out", str(out),
+        ])
+    return module, out, config
+
+
+def test_validation_indices_avoid_kshot():
+    module = _load_script("finetune_table")
+    labels = np.repeat(np.arange(3), 10)
+    kshot = np.array([0, 1, 10, 11, 20, 21])
+    chosen = module.validation_indices(labels, kshot, per_class=4, seed=0)
+    assert not set(chosen) & set(kshot)
+    assert np.bincount(labels[chosen]).tolist() == [4, 4, 4]
+
+
+def test_finetune_sweep_choice_rule(finetune_run):
+    _, out, config = finetune_run
+    sweep = pd.read_csv(out / "lambda_sweep.csv")
+    candidates = sweep[sweep.method == "coop_ebm"]
+    best = candidates.val_accuracy.max()
+    assert sorted(candidates.ebm_weight) == SWEEP
+    assert config["ebm_weight"] == candidates[candidates.val_accuracy == best].ebm_weight.min()
+    assert f"Chosen λ = {config['ebm_weight']:g}" in (out / "lambda_sweep.md").read_text(encoding="utf-8")
+
+
+def test_finetune_saves_prompts_and_config(finetune_run):
+    _, out, config = finetune_run
+    recorded = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    for key in ("ebm_weight", "top_c", "crop_value", "bound", "epochs", "shots", "loss_temperature", "score_temperatures"):
+        assert key in recorded
+    bundle = load_clip(RANDOM_MODEL, None, seed=0)
+    for method in ("coop", "coop_ebm"):
+        for seed in (1, 2):
+            payload = torch.load(out / "prompts" / f"{method}-seed{seed}.pt", weights_only=True)
+            learner = load_prompt_learner(out / "prompts" / f"{method}-seed{seed}.pt", bundle)
+            assert torch.equal(learner.context_vectors.detach(), payload["context_vectors"])
+            assert payload["extra"]["config"]["ebm_weight"] == (0.0 if method == "coop" else config["ebm_weight"])
+
+
+def test_finetune_summary_tables(finetune_run):
+    _, out, config = finetune_run
+    runs = pd.read_csv(out / "finetune_runs.csv")
+    assert set(runs.method) == {"zeroshot", "coop", "coop_ebm"}
+    assert set(runs.seed) == {1, 2}
+    markdown = (out / "finetune_summary.md").read_text(encoding="utf-8")
+    assert "ID is the positive class" in markdown
+    assert f"λ = {config['ebm_weight']:g}" in markdown
+    assert "CoOp+EBM − CoOp, paired by seed (n = 2)" in markdown
+
+
+def test_hessian_table_smoke(finetune_run, tmp_path, monkeypatch):
+    _, finetune_out, _ = finetune_run
+    module = _load_script("hessian_table")
+    out = tmp_path / "hessian"
+    runs = module.main([
+        "--model", RANDOM_MODEL, "--max-images", "60", "--seeds", "1", "--domains", "covariate/noise/1",
+        "--k", "1", "--iters", "2", "--probes", "2", "--prompts", str(finetune_out / "prompts"), "--out", str(out),
+    ])
+    assert len(runs) == 3 * 2
+    reference = runs[runs.domain == "id_test"]
+    shifted = runs[runs.domain != "id_test"]
+    assert (reference.accuracy_drop == 0).all()
+    assert reference.hessian_cosine.isna().all()
+    assert shifted.frobenius_diff_normalized.notna().all()
+    assert np.allclose(shifted.accuracy_drop, reference.accuracy.to_numpy() - shifted.accuracy.to_numpy())
+    assert (out / "hessian_consistency.png").stat().st_size > 1000
+    assert "Spearman" in (out / "hessian_summary.md").read_text(encoding="utf-8")
+
+
+def test_hessian_table_missing_prompts(tmp_path):
+    module = _load_script("hessian_table")
+    register_model_config(RANDOM_MODEL, DEMO_MODEL_CONFIG)
+    with pytest.raises(FileNotFoundError, match="finetune_table"):
+        module.main([
+            "--model", RANDOM_MODEL, "--max-images", "30", "--methods", "coop", "--seeds", "1",
+            "--domains", "covariate/noise/1", "--prompts", str(tmp_path), "--out", str(tmp_path / "out"),
+        ])
+
+
+def test_hessian_rejects_other_weights(finetune_run):
+    _, finetune_out, _ = finetune_run
+    module = _load_script("hessian_table")
+    other = load_clip(RANDOM_MODEL, None, seed=1)
+    class_names = ["a", "b", "c", "d", "e", "f"]
+    with pytest.raises(ValueError, match="trained on model weights"):
+        module.prompt_learner("coop", 1, other, class_names, finetune_out / "prompts")
