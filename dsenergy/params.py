@@ -1,0 +1,399 @@
+"""Declared parameters of the notebook sequence and their validation.
+
+Every notebook has one cell tagged ``parameters``. Its names, defaults and smoke-size values are
+declared here once (the notebook generator writes the cell from this schema), so
+``dsenergy run`` can reject a bad value before any notebook starts and name the parameter.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+__all__ = [
+    "NOTEBOOKS",
+    "SCHEMA",
+    "Parameter",
+    "ParameterError",
+    "defaults",
+    "notebook_parameters",
+    "parameters_cell_source",
+    "parse_cli_value",
+    "resolve_notebooks",
+    "smoke_overrides",
+    "validate",
+    "validate_notebook",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The notebook sequence, in run order (file stems under ``notebooks/``).
+NOTEBOOKS: tuple[str, ...] = (
+    "01_energy_change",
+    "02_delta_energy_detection",
+    "03_hessian_consistency",
+    "04_finetune",
+    "05_evaluation",
+)
+
+_ALL = NOTEBOOKS
+_DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+_UNSET: Any = object()
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has an unknown name, a wrong type or an invalid value."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One notebook parameter: its type, default, smoke-size value and the notebooks that declare it.
+
+    ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``path``, ``list[int]``, ``list[float]``,
+    or ``list[str]``. ``check`` receives the converted value and returns an error
+    message, or ``None`` when the value is valid.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    notebooks: tuple[str, ...] = _ALL
+    smoke: Any = _UNSET
+    nullable: bool = False
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def has_smoke(self) -> bool:
+        """Whether ``--smoke`` sets this parameter to a value of its own."""
+        return self.smoke is not _UNSET
+
+
+# --- value checks ----------------------------------------------------------------------------
+
+
+def _positive(value: Any) -> str | None:
+    items = value if isinstance(value, list) else [value]
+    bad = [item for item in items if item <= 0]
+    return f"must be positive, got {bad[0]!r}" if bad else None
+
+
+def _non_negative(value: Any) -> str | None:
+    items = value if isinstance(value, list) else [value]
+    bad = [item for item in items if item < 0]
+    return f"must be zero or positive, got {bad[0]!r}" if bad else None
+
+
+def _open_unit_interval(value: Any) -> str | None:
+    items = value if isinstance(value, list) else [value]
+    bad = [item for item in items if not 0.0 < item < 1.0]
+    return f"must be in (0, 1), got {bad[0]!r}" if bad else None
+
+
+def _non_empty(value: Any) -> str | None:
+    return "must not be empty" if len(value) == 0 else None
+
+
+def _device(value: str) -> str | None:
+    base = value.split(":", 1)[0]
+    if base not in _DEVICE_NAMES:
+        return f"must be one of {list(_DEVICE_NAMES)} (optionally with an index, e.g. 'cuda:1'), got {value!r}"
+    return None
+
+
+def _choice(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {list(choices)}, got {value!r}"
+
+    return check
+
+
+def _score_names(value: list[str]) -> str | None:
+    if not value:
+        return "must name at least one score"
+    from dsenergy.scores import SCORES
+
+    known = sorted(SCORES) + ["delta_energy_feature_mask"]
+    unknown = [name for name in value if name not in known]
+    if unknown:
+        return f"contains unknown score {unknown[0]!r}; choose from {known}"
+    return None
+
+
+def _all(*checks: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        for single in checks:
+            message = single(value)
+            if message:
+                return message
+        return None
+
+    return check
+
+
+# --- the schema ------------------------------------------------------------------------------
+
+_PARAMETERS: tuple[Parameter, ...] = (
+    # Model and data.
+    Parameter("model", "str", "dsenergy-demo",
+              "open_clip model name; 'dsenergy-demo' is the bundled offline model, e.g. 'ViT-B-32' for a real CLIP"),
+    Parameter("pretrained", "str", None, "open_clip pretrained tag or checkpoint path, e.g. 'openai'; "
+              "None loads the bundled demo checkpoint", nullable=True),
+    Parameter("benchmark", "str", "fashion-open",
+              "'fashion-open' (embedded benchmark) or 'folders' (your images under data_root)",
+              check=_choice("fashion-open", "folders")),
+    Parameter("data_root", "path", None,
+              "folder with your images when benchmark is 'folders' (layout in the README)", nullable=True),
+    Parameter("ood_splits", "list[str]", ["ood_near", "ood_far"],
+              "OOD test splits: fashion-open names, or folders under data_root whose path starts with 'ood'",
+              check=_non_empty),
+    Parameter("covariate_splits", "list[str]",
+              ["covariate/noise/2", "covariate/blur/2", "covariate/rotate/2", "covariate/style/2"],
+              "covariate-shifted ID splits: 'covariate/<shift>/<severity>' on fashion-open, or folders under "
+              "data_root whose path starts with 'covariate'",
+              smoke=["covariate/noise/2", "covariate/rotate/2"], check=_non_empty),
+    Parameter("device", "str", "auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", check=_device),
+    Parameter("batch_size", "int", 128, "images per forward pass during feature extraction", check=_positive),
+    Parameter("output_dir", "str", "outputs", "folder for the records JSON (and the executed notebook)"),
+    Parameter("smoke", "bool", False, "whether this is a smoke-size run (recorded with the results)", smoke=True),
+    Parameter("seed", "int", 1, "random seed for sampling and training",
+              notebooks=NOTEBOOKS[:4], check=_non_negative),
+    Parameter("n_per_split", "int", 1000, "images drawn from each test split (ID, each OOD and covariate split)",
+              smoke=200, check=_positive),
+    # Scores.
+    Parameter("temperature", "float", None, "τ for energy-type scores; None uses the model's own 1/logit_scale",
+              nullable=True, check=_positive),
+    Parameter("top_c", "int", 1, "number c of largest similarities that ΔEnergy crops", check=_positive),
+    Parameter("crop_value", "float", 0.0, "value a the cropped similarities are set to"),
+    Parameter("mask_fraction", "float", 0.1, "fraction ρ of image-feature dimensions the feature-mask ΔE zeroes",
+              notebooks=("01_energy_change", "02_delta_energy_detection"), check=_open_unit_interval),
+    Parameter("interactive", "bool", True, "show ipywidgets sliders; papermill runs set False for static figures",
+              notebooks=("01_energy_change",), smoke=False),
+    Parameter("score_names", "list[str]",
+              ["msp", "mcm", "max_logit", "max_cosine", "energy", "delta_energy", "delta_energy_feature_mask"],
+              "scores to compare (names from dsenergy.scores.SCORES, plus 'delta_energy_feature_mask')",
+              notebooks=("02_delta_energy_detection", "05_evaluation"), check=_score_names),
+    Parameter("positive", "str", "id", "metric convention: 'id' (MCM lineage) or 'ood' (OpenOOD) as positive class",
+              notebooks=("02_delta_energy_detection", "05_evaluation"), check=_choice("id", "ood")),
+    # Prompt tuning.
+    Parameter("shots", "int", 16, "training images per class (K-shot)",
+              notebooks=NOTEBOOKS[2:], smoke=4, check=_positive),
+    Parameter("epochs", "int", 20, "prompt-tuning epochs", notebooks=NOTEBOOKS[2:], smoke=3, check=_positive),
+    Parameter("n_context", "int", 16, "number of learned CoOp context vectors",
+              notebooks=NOTEBOOKS[2:], smoke=4, check=_positive),
+    Parameter("learning_rate", "float", 0.002, "SGD learning rate for the context vectors",
+              notebooks=NOTEBOOKS[2:], check=_positive),
+    Parameter("ebm_weight", "float", 0.5, "weight λ of the EBM loss in CoOp+EBM",
+              notebooks=NOTEBOOKS[2:], check=_non_negative),
+    Parameter("bound", "str", "lower", "EBM training target: 'lower' bound or 'exact' ΔE",
+              notebooks=NOTEBOOKS[2:], check=_choice("lower", "exact")),
+    Parameter("ebm_weights", "list[float]", [0.0, 0.1, 0.5, 1.0, 2.0], "λ values of the sweep",
+              notebooks=("04_finetune",), smoke=[0.0, 1.0], check=_all(_non_empty, _non_negative)),
+    Parameter("top_c_values", "list[int]", [1, 2, 3], "c values of the sweep",
+              notebooks=("04_finetune",), smoke=[1, 2], check=_all(_non_empty, _positive)),
+    # Hessian.
+    Parameter("hessian_top_k", "int", 5, "top Hessian eigenvalues per domain",
+              notebooks=("03_hessian_consistency",), smoke=2, check=_positive),
+    Parameter("hessian_iterations", "int", 50, "power-iteration / Lanczos steps per eigenvalue",
+              notebooks=("03_hessian_consistency",), smoke=6, check=_positive),
+    Parameter("hutchinson_samples", "int", 50, "random probes for the Hutchinson trace estimate",
+              notebooks=("03_hessian_consistency",), smoke=6, check=_positive),
+    # Evaluation.
+    Parameter("seeds", "list[int]", [1, 2, 3], "seeds for the repeated runs of the final table",
+              notebooks=("05_evaluation",), smoke=[1, 2], check=_all(_non_empty, _non_negative)),
+    Parameter("n_bootstrap", "int", 1000, "bootstrap resamples for confidence intervals",
+              notebooks=("05_evaluation",), smoke=200, check=_positive),
+    Parameter("confidence", "float", 0.95, "confidence level of the bootstrap intervals",
+              notebooks=("05_evaluation",), check=_open_unit_interval),
+)
+
+#: Parameter name -> declaration, for every parameter of the sequence.
+SCHEMA: dict[str, Parameter] = {parameter.name: parameter for parameter in _PARAMETERS}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def notebook_parameters(notebook: str) -> list[Parameter]:
+    """Return the parameters that ``notebook`` declares, in schema order."""
+    if notebook not in NOTEBOOKS:
+        raise ParameterError(f"unknown notebook {notebook!r}; the sequence is {list(NOTEBOOKS)}")
+    return [parameter for parameter in _PARAMETERS if notebook in parameter.notebooks]
+
+
+def defaults(notebook: str | None = None) -> dict[str, Any]:
+    """Return the default values of one notebook's parameters, or of all parameters."""
+    parameters = _PARAMETERS if notebook is None else notebook_parameters(notebook)
+    return {parameter.name: parameter.default for parameter in parameters}
+
+
+def smoke_overrides() -> dict[str, Any]:
+    """Return the values ``--smoke`` sets (CI size)."""
+    return {parameter.name: parameter.smoke for parameter in _PARAMETERS if parameter.has_smoke}
+
+
+def parse_cli_value(text: str) -> Any:
+    """Parse one ``-p KEY VALUE`` value as YAML (``3`` is an int, ``[1, 2]`` a list, ``null`` None)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParameterError(f"value {text!r} is not valid YAML: {error}") from error
+
+
+def resolve_notebooks(only: str | Iterable[str] | None) -> list[str]:
+    """Return the notebooks selected by ``only`` ('01,03', names or stems); all when ``None``."""
+    if only is None:
+        return list(NOTEBOOKS)
+    items = only.split(",") if isinstance(only, str) else list(only)
+    selected: list[str] = []
+    for item in (str(entry).strip() for entry in items):
+        if not item:
+            continue
+        stem = item[:-6] if item.endswith(".ipynb") else item
+        matches = [name for name in NOTEBOOKS if name == stem or name.split("_", 1)[0] == stem.zfill(2)]
+        if not matches:
+            raise ParameterError(f"--only names unknown notebook {item!r}; use numbers such as 01,03 or names from "
+                                 f"{list(NOTEBOOKS)}")
+        if matches[0] not in selected:
+            selected.append(matches[0])
+    if not selected:
+        raise ParameterError("--only selects no notebook; use numbers such as 01,03")
+    return [name for name in NOTEBOOKS if name in selected]
+
+
+def _convert(parameter: Parameter, value: Any) -> Any:
+    """Convert ``value`` to the parameter's kind or raise a ParameterError that names the parameter."""
+    name, kind = parameter.name, parameter.kind
+
+    def fail(expected: str) -> ParameterError:
+        return ParameterError(
+            f"parameter {name!r} must be {expected}, got {value!r} ({type(value).__name__}); {parameter.help}"
+        )
+
+    if value is None:
+        if parameter.nullable:
+            return None
+        raise fail(f"a {kind}, not null")
+
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise fail("a finite number")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if kind == "path":
+        if not isinstance(value, (str, Path)):
+            raise fail("a path")
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise ParameterError(f"parameter {name!r}: path {str(path)!r} does not exist; {parameter.help}")
+        return str(path)
+    if kind.startswith("list["):
+        item_kind = kind[5:-1]
+        if not isinstance(value, (list, tuple)):
+            raise fail(f"a list of {item_kind}")
+        item = Parameter(name, item_kind, None, parameter.help)
+        return [_convert(item, entry) for entry in value]
+    raise AssertionError(f"schema error: parameter {name!r} has unknown kind {kind!r}")
+
+
+def validate(
+    values: Mapping[str, Any], notebooks: Iterable[str] | None = None, warn_unused: bool = True
+) -> dict[str, Any]:
+    """Check names, types and values of ``values`` against the schema and return the converted values.
+
+    With ``warn_unused``, a parameter that none of ``notebooks`` declares is logged as a warning.
+
+    Raises:
+        ParameterError: naming the first unknown parameter, wrong type or invalid value, and what
+            the parameter sets.
+    """
+    selected = list(NOTEBOOKS if notebooks is None else notebooks)
+    converted: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in SCHEMA:
+            close = difflib.get_close_matches(name, list(SCHEMA), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known parameters: {sorted(SCHEMA)}"
+            raise ParameterError(f"unknown parameter {name!r}{hint}")
+
+        parameter = SCHEMA[name]
+        result = _convert(parameter, value)
+        if result is not None and parameter.check is not None:
+            message = parameter.check(result)
+            if message:
+                raise ParameterError(f"parameter {name!r} {message}; {parameter.help}")
+        converted[name] = result
+
+        if warn_unused and not any(notebook in parameter.notebooks for notebook in selected):
+            logger.warning("parameter %r is not used by the selected notebooks %s", name, selected)
+
+    _check_splits(converted)
+    return converted
+
+
+def _check_splits(values: Mapping[str, Any]) -> None:
+    """Check that every named split exists in the chosen benchmark, naming the parameter if not."""
+    benchmark = values.get("benchmark", SCHEMA["benchmark"].default)
+    data_root = values.get("data_root", SCHEMA["data_root"].default)
+    if benchmark == "folders" and data_root is None:
+        raise ParameterError("parameter 'data_root' is required when benchmark='folders'; "
+                             "set it to the folder holding id_train/, id_test/ and your OOD folders")
+
+    for name, role in (("ood_splits", "ood"), ("covariate_splits", "covariate")):
+        splits = values.get(name, SCHEMA[name].default)
+        for split in splits:
+            if not split.startswith(role):
+                raise ParameterError(f"parameter {name!r}: split {split!r} must start with {role!r}, "
+                                     "so its role (OOD or covariate shift) follows from its name")
+            if benchmark == "fashion-open":
+                from dsenergy.data.fashion_open import fashion_open_splits
+
+                known = fashion_open_splits()
+                if split not in known:
+                    raise ParameterError(f"parameter {name!r}: fashion-open has no split {split!r}; "
+                                         f"choose from {[k for k in known if k.startswith(role)]}")
+            elif not (Path(data_root) / split).is_dir():
+                raise ParameterError(f"parameter {name!r}: folder {Path(data_root) / split} does not exist; "
+                                     "each split is a folder under data_root")
+    if benchmark == "folders":
+        for split in ("id_train", "id_test"):
+            if not (Path(data_root) / split).is_dir():
+                raise ParameterError(f"parameter 'data_root': folder {Path(data_root) / split} does not exist; "
+                                     "benchmark 'folders' needs id_train/<class>/ and id_test/<class>/")
+
+
+def validate_notebook(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the parameters of ``notebook`` found in ``namespace`` (a notebook's ``globals()``).
+
+    Returns the converted values, so a notebook run by hand fails early on a bad value, just as
+    ``dsenergy run`` does.
+    """
+    names = [parameter.name for parameter in notebook_parameters(notebook)]
+    missing = [name for name in names if name not in namespace]
+    if missing:
+        raise ParameterError(f"notebook {notebook} lacks parameter {missing[0]!r}; rerun its parameters cell")
+    return validate({name: namespace[name] for name in names}, [notebook])
+
+
+def parameters_cell_source(notebook: str) -> str:
+    """Return the source of ``notebook``'s ``parameters`` cell, one commented assignment per parameter."""
+    lines = []
+    for parameter in notebook_parameters(notebook):
+        lines.append(f"{parameter.name} = {parameter.default!r}  # {parameter.help}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""The ``dsenergy`` command line: help, parameter errors before any notebook runs, the parameter list."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dsenergy.cli import main
+
+
+def run_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dsenergy.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_run_command():
+    completed = run_command("--help")
+    assert completed.returncode == 0
+    assert "run" in completed.stdout
+    assert "params" in completed.stdout
+
+
+def test_run_help_documents_options():
+    completed = run_command("run", "--help")
+    assert completed.returncode == 0
+    for option in ("--params", "--parameter", "--only", "--out", "--smoke", "--keep-going"):
+        assert option in completed.stdout
+
+
+@pytest.mark.skipif(shutil.which("dsenergy") is None, reason="console script not on PATH (package not installed)")
+def test_console_script_help():
+    completed = subprocess.run(["dsenergy", "run", "--help"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0
+    assert "--smoke" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "parameter"),
+    [
+        (["-p", "score_names", "[msp, no_such_score]"], "score_names"),
+        (["-p", "shots", "many"], "shots"),
+        (["-p", "benchmark", "folders", "-p", "data_root", "/no/such/folder"], "data_root"),
+        (["-p", "epochs", "2.5"], "epochs"),
+        (["-p", "temprature", "0.01"], "temprature"),
+    ],
+)
+def test_bad_parameter_exits_before_running(tmp_path, caplog, arguments, parameter):
+    out = tmp_path / "run"
+    status = main(["run", "--out", str(out), *arguments])
+    assert status == 2
+    assert f"'{parameter}'" in caplog.text
+    assert not out.exists()
+
+
+def test_bad_parameters_file(tmp_path, caplog):
+    path = tmp_path / "params.yaml"
+    path.write_text("n_per_split: -5\n", encoding="utf-8")
+    assert main(["run", "--params", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "'n_per_split' must be positive" in caplog.text
+
+
+def test_unknown_notebook_selection(tmp_path, caplog):
+    assert main(["run", "--only", "09", "--out", str(tmp_path / "run")]) == 2
+    assert "unknown notebook '09'" in caplog.text
+
+
+def test_bad_parameter_in_subprocess_names_it(tmp_path):
+    completed = run_command("run", "-p", "mask_fraction", "2", "--out", str(tmp_path / "run"))
+    assert completed.returncode == 2
+    assert "parameter 'mask_fraction' must be in (0, 1)" in completed.stderr
+
+
+def test_params_command_lists_schema(capsys):
+    assert main(["params", "--notebook", "04"]) == 0
+    listing = capsys.readouterr().out
+    assert "ebm_weights (list[float]" in listing
+    assert "smoke [0.0, 1.0]" in listing
+    assert "hessian_top_k" not in listing

@@ -1,0 +1,249 @@
+"""Runner, records and parameter validation, on small notebooks executed by real papermill kernels."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dsenergy import params, records
+from dsenergy.runner import NotebookExecutionError, find_kernel, load_parameters_file, run_notebooks
+
+RECORDING_CELL = """from dsenergy import records
+records.start(NAME, output_dir, {"seed": seed, "n_per_split": n_per_split})
+records.record("seed_seen", seed)
+records.record("n_per_split_seen", n_per_split, unit="images")
+records.record("smoke_seen", smoke)
+records.record("table", [{"split": "ood_near", "auroc": 0.75}, {"split": "ood_far", "auroc": 0.5}])"""
+
+
+def write_notebook(folder: Path, name: str, extra_cells: list[str] = ()) -> Path:
+    """Write a small notebook with a parameters cell that declares a few schema parameters."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell("output_dir = 'outputs'\nsmoke = False\nseed = 1\nn_per_split = 1000")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell(f"# {name}"),
+        parameters,
+        nbformat.v4.new_code_cell(RECORDING_CELL.replace("NAME", repr(name))),
+        *(nbformat.v4.new_code_cell(source) for source in extra_cells),
+    ]
+    path = folder / f"{name}.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Run two small notebooks at smoke size once; the tests below read its outputs."""
+    source = tmp_path_factory.mktemp("notebooks")
+    write_notebook(source, "01_energy_change")
+    write_notebook(source, "02_delta_energy_detection")
+    out = tmp_path_factory.mktemp("run")
+    result = run_notebooks({"seed": 7}, only="01,02", out_dir=out, smoke=True, source_dir=source, progress=False)
+    return result, out
+
+
+def test_runner_writes_notebooks_html_and_records(smoke_run):
+    result, out = smoke_run
+    assert result.ok
+    for name in ("01_energy_change", "02_delta_energy_detection"):
+        assert (out / f"{name}.ipynb").is_file()
+        assert (out / f"{name}.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+        assert (out / f"{name}.json").is_file()
+
+
+def test_runner_injects_parameters_in_order(smoke_run):
+    result, _ = smoke_run
+    recorded = result.records("01_energy_change")
+    assert recorded["seed_seen"] == 7  # the caller's value
+    assert recorded["n_per_split_seen"] == params.smoke_overrides()["n_per_split"]  # the smoke value
+    assert recorded["smoke_seen"] is True
+
+
+def test_results_json_and_markdown(smoke_run):
+    result, out = smoke_run
+    payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert payload["ok"] is True
+    assert payload["smoke"] is True
+    assert list(payload["notebooks"]) == ["01_energy_change", "02_delta_energy_detection"]
+    entry = payload["notebooks"]["02_delta_energy_detection"]
+    assert entry["status"] == "ok"
+    assert entry["records"]["seed_seen"]["value"] == 7
+    assert payload["parameters"]["model"] == params.SCHEMA["model"].default
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert "| 01_energy_change | ok |" in markdown
+    assert "| seed_seen | 7 |" in markdown
+    assert "| ood_near | 0.75 |" in markdown
+
+
+def test_failure_names_notebook_and_cell(tmp_path):
+    source = tmp_path / "notebooks"
+    source.mkdir()
+    write_notebook(source, "01_energy_change", ["x = 1", "raise ValueError('broken on purpose')"])
+    write_notebook(source, "02_delta_energy_detection")
+    out = tmp_path / "run"
+
+    with pytest.raises(NotebookExecutionError) as caught:
+        run_notebooks(only="01,02", out_dir=out, source_dir=source, progress=False, html=False)
+
+    error = caught.value
+    assert error.notebook == "01_energy_change"
+    # Cells: markdown, parameters, injected parameters, recording, x = 1, the failing cell.
+    assert error.cell_index == 5
+    assert "broken on purpose" in str(error)
+    assert (out / "01_energy_change.ipynb").is_file()  # the partial output is kept
+    payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert payload["ok"] is False
+    assert payload["notebooks"]["01_energy_change"]["status"] == "failed"
+    assert payload["notebooks"]["01_energy_change"]["error"]["ename"] == "ValueError"
+    assert payload["notebooks"]["01_energy_change"]["records"]["seed_seen"]["value"] == 1  # recorded before the failure
+    assert payload["notebooks"]["02_delta_energy_detection"]["status"] == "skipped"
+
+
+def test_bad_parameter_stops_before_any_notebook(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(params.ParameterError, match="score_names"):
+        run_notebooks({"score_names": ["msp", "no_such_score"]}, out_dir=out, progress=False)
+    assert not out.exists()
+
+
+def test_find_kernel_runs_this_python():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = find_kernel()
+    argv0 = KernelSpecManager().get_kernel_spec(name).argv[0]
+    assert argv0 in {"python", "python3"} or Path(argv0).resolve() == Path(sys.executable).resolve()
+
+
+def test_find_kernel_rejects_unknown_name():
+    with pytest.raises(ValueError, match="no-such-kernel"):
+        find_kernel("no-such-kernel")
+
+
+def test_parameters_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seeds: [1, 2]\nmodel: ViT-B-32\npretrained: openai\n", encoding="utf-8")
+    assert load_parameters_file(path) == {"seeds": [1, 2], "model": "ViT-B-32", "pretrained": "openai"}
+    path.write_text("- a list\n", encoding="utf-8")
+    with pytest.raises(params.ParameterError, match="mapping"):
+        load_parameters_file(path)
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"shot": 4}, "unknown parameter 'shot'; did you mean 'shots'"),
+        ({"shots": "4"}, "parameter 'shots' must be an integer"),
+        ({"shots": True}, "parameter 'shots' must be an integer"),
+        ({"shots": 0}, "parameter 'shots' must be positive"),
+        ({"score_names": ["msp", "nope"]}, "unknown score 'nope'"),
+        ({"mask_fraction": 1.5}, "parameter 'mask_fraction' must be in \\(0, 1\\)"),
+        ({"device": "tpu"}, "parameter 'device' must be one of"),
+        ({"bound": "upper"}, "parameter 'bound' must be one of"),
+        ({"seeds": []}, "parameter 'seeds' must not be empty"),
+        ({"data_root": "/no/such/folder"}, "parameter 'data_root': path '/no/such/folder' does not exist"),
+        ({"benchmark": "folders"}, "parameter 'data_root' is required"),
+        ({"covariate_splits": ["covariate/fog/2"]}, "fashion-open has no split 'covariate/fog/2'"),
+        ({"ood_splits": ["id_test"]}, "must start with 'ood'"),
+        ({"model": None}, "parameter 'model' must be a str"),
+    ],
+)
+def test_validate_names_bad_parameter(values, message):
+    with pytest.raises(params.ParameterError, match=message):
+        params.validate(values)
+
+
+def test_validate_converts_values():
+    converted = params.validate({"temperature": 1, "pretrained": None, "seeds": [3]})
+    assert converted == {"temperature": 1.0, "pretrained": None, "seeds": [3]}
+    assert isinstance(converted["temperature"], float)
+
+
+def test_validate_folders_layout(tmp_path):
+    for folder in ("id_train/cat", "id_test/cat", "ood/textures", "covariate/sketch"):
+        (tmp_path / folder).mkdir(parents=True)
+    values = {"benchmark": "folders", "data_root": str(tmp_path), "ood_splits": ["ood/textures"],
+              "covariate_splits": ["covariate/sketch"]}
+    assert params.validate(values)["data_root"] == str(tmp_path)
+    with pytest.raises(params.ParameterError, match="covariate/missing"):
+        params.validate({**values, "covariate_splits": ["covariate/missing"]})
+
+
+def test_cli_values_parse_as_yaml():
+    assert params.parse_cli_value("3") == 3
+    assert params.parse_cli_value("0.5") == 0.5
+    assert params.parse_cli_value("[1, 2]") == [1, 2]
+    assert params.parse_cli_value("null") is None
+    assert params.parse_cli_value("ViT-B-32") == "ViT-B-32"
+
+
+def test_resolve_notebooks():
+    assert params.resolve_notebooks("03,1") == ["01_energy_change", "03_hessian_consistency"]
+    assert params.resolve_notebooks(["05_evaluation.ipynb"]) == ["05_evaluation"]
+    assert params.resolve_notebooks(None) == list(params.NOTEBOOKS)
+    with pytest.raises(params.ParameterError, match="07"):
+        params.resolve_notebooks("07")
+
+
+def test_every_smoke_value_is_valid():
+    assert params.validate(params.smoke_overrides(), warn_unused=False)
+    assert params.validate(params.defaults(), warn_unused=False)
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+def test_records_round_trip(tmp_path):
+    path = records.start("01_energy_change", tmp_path, {"seed": np.int64(3)})
+    records.record("auroc", np.float32(0.75), unit="AUROC", description="test value")
+    records.record("tensor", torch.tensor([1.0, 2.0]))
+    records.record("frame", pd.DataFrame({"split": ["a", "b"], "value": [1.0, float("nan")]}))
+    records.record("auroc", 0.8)  # a later value replaces the earlier one
+
+    payload = records.load_records(path)
+    assert payload["parameters"] == {"seed": 3}
+    assert records.record_value(payload, "auroc") == 0.8
+    assert records.record_value(payload, "tensor") == [1.0, 2.0]
+    assert records.record_value(payload, "frame") == [{"split": "a", "value": 1.0}, {"split": "b", "value": None}]
+    assert payload["records"]["tensor"].get("unit") is None
+    with pytest.raises(KeyError, match="recorded no 'missing'"):
+        records.record_value(payload, "missing")
+
+
+def test_record_rejects_unknown_type(tmp_path):
+    records.start("01_energy_change", tmp_path)
+    with pytest.raises(TypeError, match="cannot record a value of type object"):
+        records.record("bad", object())
+
+
+def test_json_conversion_of_special_floats():
+    assert records.to_json({"a": math.inf, "b": [np.float64("nan"), 1]}) == {"a": None, "b": [None, 1]}
+
+
+def test_find_kernel_writes_private_spec(tmp_path, monkeypatch):
+    # Mock: a python3 kernel spec of another environment cannot be installed here, so the lookup
+    # is made to find none, which takes the same fallback path.
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def no_kernel(self, name):
+        raise NoSuchKernel(name)
+
+    monkeypatch.setenv("JUPYTER_PATH", "")  # restored after the test
+    monkeypatch.setattr(KernelSpecManager, "get_kernel_spec", no_kernel)
+    assert find_kernel(spec_dir=tmp_path) == "dsenergy-python"
+    spec = json.loads((tmp_path / "kernels" / "dsenergy-python" / "kernel.json").read_text(encoding="utf-8"))
+    assert spec["argv"][0] == sys.executable
+    assert str(tmp_path) in os.environ["JUPYTER_PATH"]
