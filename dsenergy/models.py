@@ -252,6 +252,17 @@ def _check_model_name(name: str, pretrained: str | None) -> None:
     )
 
 
+class _MessageFilter(logging.Filter):
+    """Drop log records whose message starts with a given prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def _create(
     name: str,
     tag: str | None,
@@ -262,6 +273,13 @@ def _create(
 ) -> ClipBundle:
     """Build the model through open_clip without disturbing the caller's random state."""
     open_clip_precision = "fp32" if precision == "amp" else precision
+    # open_clip warns on the root logger that the model is randomly initialised whenever no tag is
+    # given; that is misleading when a checkpoint file is loaded right after, so it is filtered then.
+    weights_follow = tag is None and source != "random initialisation"
+    random_init_filter = _MessageFilter("No pretrained weights loaded")
+    root_logger = logging.getLogger()
+    if weights_follow:
+        root_logger.addFilter(random_init_filter)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -272,6 +290,8 @@ def _create(
             raise WeightsUnavailableError(
                 f"open_clip could not build model {name!r} with pretrained={tag!r}: {error}. {_LOCAL_HINT.capitalize()}."
             ) from None
+        finally:
+            root_logger.removeFilter(random_init_filter)
     model.eval()
 
     return ClipBundle(

@@ -53,7 +53,7 @@ def wait_for_server(url: str, timeout_s: float) -> None:
                 return
         except OSError:
             time.sleep(0.5)
-    raise TimeoutError(f"JupyterLab did not answer at {url} within {timeout_s:.0f} s")
+    raise TimeoutError(f"JupyterLab did not respond at {url} within {timeout_s:.0f} s")
 
 
 def start_jupyterlab(root: Path, port: int, token: str, log_path: Path) -> subprocess.Popen:
