@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import logging
+import pickle
 import os
 import re
 import string
@@ -184,7 +185,7 @@ def load_clip(
     if not path.is_file():
         raise WeightsUnavailableError(
             f"Weights {pretrained!r} for model {name!r} not found: it is neither an existing file nor an "
-            f"open_clip tag for this model (known tags: {_known_tags(name)}). {_LOCAL_HINT.capitalize()}."
+            f"open_clip tag for this model (known tags: {_known_tags(name) or 'none'}). {_LOCAL_HINT.capitalize()}."
         )
     bundle = _create(name, None, device, precision, seed, source=str(path))
     _load_checkpoint_file(bundle.model, path, name, pretrained)
@@ -247,7 +248,7 @@ def _check_model_name(name: str, pretrained: str | None) -> None:
     close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
     raise WeightsUnavailableError(
         f"Unknown model {name!r} (pretrained={pretrained!r}): open_clip has no such architecture config. "
-        f"Close names: {close}. Register a config with dsenergy.models.register_model_config or "
+        f"Close names: {', '.join(close) or 'none'}. Register a config with dsenergy.models.register_model_config or "
         f"open_clip.add_model_config, then {_LOCAL_HINT}."
     )
 
@@ -328,10 +329,14 @@ def _load_checkpoint_file(model: torch.nn.Module, path: Path, name: str, pretrai
         else:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types for unreadable or unsafe files
+        # torch's own unpickling message advises weights_only=False, which this kit never does.
+        reason = "it is not a PyTorch file, is corrupt, or pickles objects other than tensors"
+        if not isinstance(error, pickle.UnpicklingError):
+            reason += f" (torch.load raised {type(error).__name__}: {_first_line(error)})"
         raise WeightsUnavailableError(
             f"Checkpoint {str(path)!r} for model {name!r} (pretrained={pretrained!r}) could not be read "
-            f"with weights_only=True: {type(error).__name__}: {_first_line(error)}. Save it as a plain "
-            f"state_dict (torch.save(model.state_dict(), path)) and {_LOCAL_HINT}."
+            f"with weights_only=True: {reason}. Save it as a plain state_dict "
+            f"(torch.save(model.state_dict(), path)) and {_LOCAL_HINT}."
         ) from None
 
     state_dict = _unwrap_state_dict(checkpoint, path)

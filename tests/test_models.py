@@ -138,6 +138,19 @@ def test_missing_checkpoint_file(tmp_path):
     assert LOCAL_HINT in message
 
 
+@pytest.mark.parametrize("content", [b"plain text, not a checkpoint", bytes(range(256)) * 4])
+def test_unreadable_checkpoint_file(tmp_path, content):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(content)
+    with pytest.raises(WeightsUnavailableError) as raised:
+        load_clip(TINY_MODEL_NAME, pretrained=str(path))
+
+    message = str(raised.value)
+    assert "not a PyTorch file" in message
+    assert "weights_only set to False" not in message
+    assert LOCAL_HINT in message
+
+
 def test_checkpoint_of_other_architecture(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"visual.conv1.weight": torch.zeros(1)}, path)
