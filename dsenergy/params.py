@@ -101,9 +101,24 @@ def _non_empty(value: Any) -> str | None:
 
 
 def _device(value: str) -> str | None:
-    base = value.split(":", 1)[0]
+    base, _, index = value.partition(":")
     if base not in _DEVICE_NAMES:
         return f"must be one of {list(_DEVICE_NAMES)} (optionally with an index, e.g. 'cuda:1'), got {value!r}"
+    if base == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"is {value!r}, but CUDA is not available on this machine; use 'auto' or 'cpu'"
+        if index:
+            count = torch.cuda.device_count()
+            if not index.isdigit() or int(index) >= count:
+                return (f"is {value!r}, but this machine has {count} CUDA device(s) (indices 0 to {count - 1}); "
+                        "use 'auto', 'cuda' or 'cpu'")
+    if base == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            return f"is {value!r}, but MPS is not available on this machine; use 'auto' or 'cpu'"
     return None
 
 
@@ -344,7 +359,43 @@ def validate(
             logger.warning("parameter %r is not used by the selected notebooks %s", name, selected)
 
     _check_splits(converted)
+    _check_top_c(converted, selected)
     return converted
+
+
+def _id_class_count(values: Mapping[str, Any]) -> int | None:
+    """Return the number of ID classes of the chosen benchmark, or ``None`` when it is not known yet."""
+    benchmark = values.get("benchmark", SCHEMA["benchmark"].default)
+    if benchmark == "fashion-open":
+        from dsenergy.data import FASHION_ID_CLASSES
+
+        return len(FASHION_ID_CLASSES)
+    data_root = values.get("data_root", SCHEMA["data_root"].default)
+    id_test = Path(data_root) / "id_test" if data_root is not None else None
+    if id_test is None or not id_test.is_dir():
+        return None
+    from dsenergy.data.folders import subfolder_names
+
+    # An id_test folder without class folders is reported by the data loader, with its own message.
+    return len(subfolder_names(id_test)) or None
+
+
+def _check_top_c(values: Mapping[str, Any], notebooks: Iterable[str]) -> None:
+    """Check that each given number of cropped classes that ``notebooks`` use is at most the number of ID classes."""
+    names = [name for name in ("top_c", "top_c_values")
+             if name in values and any(notebook in SCHEMA[name].notebooks for notebook in notebooks)]
+    count = _id_class_count(values) if names else None
+    if count is None:
+        return
+    benchmark = values.get("benchmark", SCHEMA["benchmark"].default)
+    where = "fashion-open" if benchmark == "fashion-open" else f"{Path(values['data_root']) / 'id_test'}"
+    for name in names:
+        value = values[name]
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if item > count:
+                raise ParameterError(f"parameter {name!r} is {value!r}, but {where} has {count} ID classes; "
+                                     f"ΔEnergy can crop at most {count} classes, so use values from 1 to {count}")
 
 
 def _check_splits(values: Mapping[str, Any]) -> None:

@@ -54,6 +54,13 @@ def to_json(value: Any) -> Any:
                     "lists or dicts first")
 
 
+def _file_mode() -> int:
+    """Return the mode a newly created file gets (0o666 less the process umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -61,6 +68,8 @@ def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(payload, stream, indent=2, allow_nan=False)
             stream.write("\n")
+        # mkstemp creates the file readable by its owner only; a records file is an ordinary output.
+        os.chmod(temporary, _file_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -51,7 +51,11 @@ _PRIVATE_KERNEL = "dsenergy-python"
 
 
 class NotebookExecutionError(RuntimeError):
-    """Error raised when a notebook of the sequence fails; ``notebook`` and ``cell_index`` locate the failure."""
+    """Error raised when a notebook of the sequence fails; ``notebook`` and ``cell_index`` locate the failure.
+
+    ``cell_index`` is papermill's 0-based position in the executed notebook, which counts the
+    injected-parameters cell; the message gives the 1-based cell number in the committed notebook.
+    """
 
     def __init__(self, notebook: str, message: str, cell_index: int | None = None, result: "RunResult | None" = None):
         super().__init__(message)
@@ -184,25 +188,28 @@ def find_kernel(kernel_name: str | None = None, spec_dir: Path | None = None) ->
 def _merge_parameters(
     parameters: Mapping[str, Any] | None, smoke: bool, selected: Iterable[str], out_dir: Path
 ) -> dict[str, Any]:
+    if parameters and "output_dir" in parameters:
+        raise ParameterError(
+            f"parameter 'output_dir' ({parameters['output_dir']!r}) cannot be set in a run of the sequence: "
+            "the run writes every notebook's outputs into its own output folder; use --out DIR "
+            "(out_dir= in run_notebooks) instead"
+        )
     # The user's values are checked first, so only they are reported when no selected notebook uses them.
     validate(dict(parameters or {}), selected)
     merged: dict[str, Any] = dict(smoke_overrides()) if smoke else {}
     merged.update(parameters or {})
-    if "output_dir" in merged and Path(merged["output_dir"]).resolve() != out_dir:
-        logger.warning("parameter output_dir=%r is replaced by the run's output folder %s",
-                       merged["output_dir"], out_dir)
     merged["output_dir"] = str(out_dir)
     merged.setdefault("smoke", smoke)
     # papermill has no widget frontend, so notebooks draw static figures unless the caller sets interactive.
     merged.setdefault("interactive", False)
-    merged = validate(merged, selected, warn_unused=False)
-
-    # The effective values: each selected notebook's defaults, overridden by the merged values.
+    # The effective values: each selected notebook's defaults, overridden by the merged values. They are
+    # checked together, so a default that clashes with a given value (top_c_values against the number
+    # of classes under data_root) is reported before any notebook runs.
     effective: dict[str, Any] = {}
     for name in selected:
         effective.update(defaults(name))
     effective.update(merged)
-    return effective
+    return validate(effective, selected, warn_unused=False)
 
 
 def _declared_parameters(path: Path) -> set[str]:
@@ -265,6 +272,9 @@ def _run_one(
         result.error = {"cell_index": None, "execution_count": None, "ename": type(error).__name__,
                         "evalue": str(error), "source": ""}
     result.duration_s = time.perf_counter() - began
+    if result.error is not None:
+        result.error["cell_number"] = _source_cell_number(source, result.error["cell_index"])
+        result.error["notebook_path"] = str(source)
 
     if html and output.is_file():
         result.html = _export_html(output)
@@ -272,14 +282,41 @@ def _run_one(
     return result
 
 
+def _source_cell_number(source: Path, cell_index: int | None) -> int | None:
+    """Map papermill's 0-based cell index in the executed notebook to a 1-based number in ``source``.
+
+    The executed notebook contains one extra cell, the injected parameters, right after the cell tagged
+    ``parameters``. Returns ``None`` for no index or for the injected cell itself.
+    """
+    if cell_index is None:
+        return None
+    import nbformat
+
+    cells = nbformat.read(str(source), as_version=4).cells
+    tagged = [index for index, cell in enumerate(cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    injected = tagged[0] + 1 if tagged else 0
+    if cell_index == injected:
+        return None
+    return cell_index if cell_index > injected else cell_index + 1
+
+
+def _failure_location(error: Mapping[str, Any]) -> str:
+    """Describe where a notebook failed, as a user finds the cell in the committed notebook."""
+    if error.get("cell_index") is None:
+        return "kernel start-up"
+    execution_note = ""
+    if error.get("execution_count"):
+        execution_note = f"; shown as In [{error['execution_count']}] in the executed copy"
+    if error.get("cell_number") is None:
+        return f"the injected-parameters cell{execution_note}"
+    return (f"cell {error['cell_number']} of {Path(error.get('notebook_path', '')).name} (1-based, markdown "
+            f"cells counted, the injected-parameters cell not counted{execution_note})")
+
+
 def _failure_message(result: NotebookResult) -> str:
     error = result.error or {}
-    where = (f"cell {error['cell_index']} (0-based, counting the injected-parameters cell)"
-             if error.get("cell_index") is not None else "kernel start-up")
-    first_line = next((line for line in str(error.get("source", "")).splitlines() if line.strip()), "")
-    code = f" ({first_line.strip()[:80]})" if first_line else ""
-    return (f"notebook {result.name} failed in {where}{code}: {error.get('ename')}: {error.get('evalue')}; "
-            f"the partial output is in {result.output}")
+    return (f"notebook {result.name} failed in {_failure_location(error)}: {error.get('ename')}: "
+            f"{error.get('evalue')}; the partial output is in {result.output}")
 
 
 def run_notebooks(
@@ -301,7 +338,8 @@ def run_notebooks(
     ``smoke``, then ``parameters``; ``output_dir`` is always ``out_dir``.
 
     Raises:
-        ParameterError: before any notebook runs, naming the bad parameter.
+        ParameterError: before any notebook runs, naming the bad parameter (also when ``parameters``
+            sets ``output_dir``; ``out_dir`` sets it).
         NotebookExecutionError: after the results files are written, when a notebook failed.
     """
     selected = resolve_notebooks(only)
@@ -398,7 +436,7 @@ def _results_markdown(run: RunResult) -> str:
     for result in run.notebooks:
         lines += ["", f"## {result.name}", ""]
         if result.error:
-            lines += [f"Failed in cell {result.error.get('cell_index')}: "
+            lines += [f"Failed in {_failure_location(result.error)}: "
                       f"{result.error.get('ename')}: {result.error.get('evalue')}", ""]
         scalars = [(name, entry) for name, entry in result.records.items() if not _is_table(entry["value"])]
         tables = [(name, entry) for name, entry in result.records.items() if _is_table(entry["value"])]

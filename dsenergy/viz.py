@@ -105,8 +105,10 @@ def plot_crop_example(
     ax.bar(positions + 0.2, after, width=0.4, label=f"top-{top_c} cropped to a = {crop_value:g}")
     ax.set_xticks(positions, class_names, rotation=30, ha="right")
     ax.set_ylabel("softmax probability")
-    ax.set_ylim(0, 1.05)
-    ax.legend(loc="upper right", fontsize="small")
+    # The y range leaves room above the tallest possible bar (1.0) for the legend, so it does not cover the bars.
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks(np.linspace(0.0, 1.0, 6))
+    ax.legend(loc="upper center", ncol=2, fontsize="small")
     ax.set_title(f"{title}\nE = {energy_before:.4f}, cropped E = {energy_after:.4f}, ΔE = {delta:.4f} (τ = {temperature:.3g})")
     return ax
 

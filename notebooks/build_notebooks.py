@@ -83,12 +83,15 @@ pd.DataFrame({
     "images": {viz.split_label(split): len(values) for split, values in features.items()},
     "mean max cosine": {viz.split_label(split): float(s.max(dim=1).values.mean()) for split, s in similarities.items()},
 })""",
-    """## Cropping one image
+    r"""## Cropping one image
 
 For a typical ID image and a typical far-OOD image (the ones with the median ΔE of their split), the
 bars show the softmax over the ID classes before and after the top-$c$ similarities are set to $a$.
-The ID image keeps almost all of its probability in one class, so cropping it moves the energy far;
-the OOD image spreads its probability, so the energy barely moves.""",
+ΔE grows with the share of probability held by the cropped classes: for $c = 1$, $a = 0$ and a small
+τ it is close to $-\tau \log(1 - p_{max})$ (derived in the section on MSP below), so what counts is how
+close that share is to 1, which bar heights near 1 barely show; compare the ΔE values in the two
+titles. A far-OOD image may also put most of its probability on one ID class. Whether ID images move the energy
+more than OOD images as a rule is what the median ΔE per split in the table of the next section shows.""",
     """delta = {split: scores.delta_energy(s, tau, top_c=top_c, crop_value=crop_value) for split, s in similarities.items()}
 figure, axes = plt.subplots(1, 2, figsize=(14, 4))
 for ax, split in zip(axes, ["id_test", ood_splits[-1]]):
@@ -185,7 +188,9 @@ pd.Series(mask_auroc, name="AUROC of feature-mask ΔE vs ID").rename(index=viz.s
 In JupyterLab the sliders below redraw both ΔE variants for every distribution and update the AUROC
 readout (ID positive, against the ID split). In a run without a widget frontend (`dsenergy run` and
 papermill set `interactive = False`) the same computation is shown as static curves: AUROC on each OOD
-split against τ for c = 1, 2, 3, and against ρ.""",
+split against τ for c = 1, 2, 3, and against ρ. The recorded table `auroc_vs_temperature` also contains
+the AUROC of MSP, computed in float32: at the smallest τ the softmax of many images rounds to exactly
+1.0, and the resulting ties, not a weaker detector, pull its AUROC toward 0.5 there.""",
     """explorer = viz.DeltaEnergyExplorer(features, bench.classifier.text_features, tau, id_name="id_test", top_c=top_c,
                                     crop_value=crop_value, mask_fraction=mask_fraction, widgets=interactive)
 if interactive:
@@ -201,7 +206,7 @@ viz.plot_sweep(mask_sweep, "mask_fraction", "delta_energy_feature_mask", hue="sp
                title="feature-mask ΔE", ylabel="AUROC")
 figure.tight_layout()
 plt.show()
-records.record("auroc_vs_temperature", temperature_sweep, unit="AUROC, ID positive", description="ΔE crop and MSP, a = crop_value")
+records.record("auroc_vs_temperature", temperature_sweep, unit="AUROC, ID positive", description="ΔE crop and MSP (float32; MSP ties at 1.0 for small τ), a = crop_value")
 records.record("auroc_vs_mask_fraction", mask_sweep, unit="AUROC, ID positive")""",
     """## Recorded numbers
 

@@ -44,6 +44,9 @@ def test_console_script_help():
         (["-p", "benchmark", "folders", "-p", "data_root", "/no/such/folder"], "data_root"),
         (["-p", "epochs", "2.5"], "epochs"),
         (["-p", "temprature", "0.01"], "temprature"),
+        (["-p", "top_c", "9"], "top_c"),
+        (["-p", "device", "cuda:99"], "device"),
+        (["-p", "output_dir", "elsewhere"], "output_dir"),
     ],
 )
 def test_bad_parameter_exits_before_running(tmp_path, caplog, arguments, parameter):

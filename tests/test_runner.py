@@ -100,7 +100,11 @@ def test_failure_names_notebook_and_cell(tmp_path):
     assert error.notebook == "01_energy_change"
     # Cells: markdown, parameters, injected parameters, recording, x = 1, the failing cell.
     assert error.cell_index == 5
-    assert "broken on purpose" in str(error)
+    # In the committed notebook (no injected cell) the failing cell is the 5th, counted from 1.
+    assert "cell 5 of 01_energy_change.ipynb (1-based" in str(error)
+    assert "injected-parameters cell not counted" in str(error)
+    assert "ValueError: broken on purpose" in str(error)
+    assert "(raise ValueError" not in str(error)  # the cell's source is not quoted
     assert (out / "01_energy_change.ipynb").is_file()  # the partial output is kept
     payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert payload["ok"] is False
@@ -108,6 +112,15 @@ def test_failure_names_notebook_and_cell(tmp_path):
     assert payload["notebooks"]["01_energy_change"]["error"]["ename"] == "ValueError"
     assert payload["notebooks"]["01_energy_change"]["records"]["seed_seen"]["value"] == 1  # recorded before the failure
     assert payload["notebooks"]["02_delta_energy_detection"]["status"] == "skipped"
+    assert payload["notebooks"]["01_energy_change"]["error"]["cell_number"] == 5
+    assert "Failed in cell 5 of 01_energy_change.ipynb" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_output_dir_parameter_is_rejected(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(params.ParameterError, match="'output_dir'.*use --out"):
+        run_notebooks({"output_dir": str(tmp_path / "elsewhere")}, out_dir=out, progress=False)
+    assert not out.exists()
 
 
 def test_bad_parameter_stops_before_any_notebook(tmp_path):
@@ -166,6 +179,57 @@ def test_validate_names_bad_parameter(values, message):
         params.validate(values)
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"top_c": 9}, "parameter 'top_c' is 9, but fashion-open has 6 ID classes"),
+        ({"top_c_values": [1, 7]}, "parameter 'top_c_values' is \\[1, 7\\], but fashion-open has 6 ID classes"),
+    ],
+)
+def test_validate_top_c_against_class_count(values, message):
+    from dsenergy.data import FASHION_ID_CLASSES
+
+    assert len(FASHION_ID_CLASSES) == 6
+    with pytest.raises(params.ParameterError, match=message):
+        params.validate(values)
+    name = next(iter(values))
+    at_limit = len(FASHION_ID_CLASSES) if name == "top_c" else [len(FASHION_ID_CLASSES)]
+    assert params.validate({name: at_limit})[name] == at_limit
+
+
+def test_validate_top_c_against_class_folders(tmp_path):
+    for folder in ("id_train/cat", "id_train/dog", "id_test/cat", "id_test/dog", "id_test/.hidden",
+                   "ood/textures", "covariate/sketch"):
+        (tmp_path / folder).mkdir(parents=True)
+    values = {"benchmark": "folders", "data_root": str(tmp_path), "ood_splits": ["ood/textures"],
+              "covariate_splits": ["covariate/sketch"], "top_c_values": [1, 2]}
+    assert params.validate({**values, "top_c": 2})["top_c"] == 2
+    with pytest.raises(params.ParameterError, match="parameter 'top_c' is 3, but .*id_test has 2 ID classes"):
+        params.validate({**values, "top_c": 3})
+    # The runner also checks the defaults of the selected notebooks: 04's top_c_values [1, 2, 3].
+    del values["top_c_values"]
+    out = tmp_path / "run"
+    with pytest.raises(params.ParameterError, match="parameter 'top_c_values' is \\[1, 2, 3\\]"):
+        run_notebooks(values, only="04", out_dir=out, progress=False)
+    assert not out.exists()
+
+
+def test_validate_device_availability():
+    with pytest.raises(params.ParameterError, match="parameter 'device' is 'cuda:99'.*'auto'"):
+        params.validate({"device": "cuda:99"})
+    if torch.cuda.is_available():
+        assert params.validate({"device": "cuda"})["device"] == "cuda"
+    else:
+        with pytest.raises(params.ParameterError, match="parameter 'device' is 'cuda', but CUDA is not available"):
+            params.validate({"device": "cuda"})
+    if torch.backends.mps.is_available():
+        assert params.validate({"device": "mps"})["device"] == "mps"
+    else:
+        with pytest.raises(params.ParameterError, match="MPS is not available.*use 'auto' or 'cpu'"):
+            params.validate({"device": "mps"})
+    assert params.validate({"device": "cpu"})["device"] == "cpu"
+
+
 def test_validate_converts_values():
     converted = params.validate({"temperature": 1, "pretrained": None, "seeds": [3]})
     assert converted == {"temperature": 1.0, "pretrained": None, "seeds": [3]}
@@ -221,6 +285,16 @@ def test_records_round_trip(tmp_path):
     assert payload["records"]["tensor"].get("unit") is None
     with pytest.raises(KeyError, match="recorded no 'missing'"):
         records.record_value(payload, "missing")
+
+
+def test_records_file_has_ordinary_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = records.start("01_energy_change", tmp_path)
+        records.record("value", 1.0)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_record_rejects_unknown_type(tmp_path):
