@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +25,8 @@ from torch.utils.data import Dataset
 
 from dsenergy.features import extract_features
 from dsenergy.models import load_clip, register_model_config
+
+from _machine import machine_description  # benchmarks/ is on sys.path when a script runs
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "extraction.json"
 TARGET_RATIO = 0.95
@@ -139,14 +139,7 @@ def main() -> None:
         "target_ratio": TARGET_RATIO,
         "passed": passed,
         "device": str(device),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "open_clip": open_clip.__version__,
-            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        },
+        "machine": machine_description(device),
         "models": results,
     }
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,17 @@ def _training_crop_mask(similarities: torch.Tensor, targets: torch.Tensor, top_c
     return cropped
 
 
+def _cropped_training_partition(
+    similarities: torch.Tensor, targets: torch.Tensor, temperature: float, top_c: int, crop_value: float
+) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    r"""Validate the inputs and return them with :math:`\tau \log(\sum_{k \notin T} e^{s_k/\tau} + c e^{a/\tau})`."""
+    similarities = _check_similarities(similarities)
+    temperature = _check_temperature(temperature)
+    targets = _check_targets(similarities, targets)
+    cropped = _training_crop_mask(similarities, targets, top_c)
+    return similarities, targets, temperature, _cropped_log_partition(similarities, cropped, temperature, crop_value)
+
+
 def ebm_lower_bound(
     similarities: torch.Tensor,
     targets: torch.Tensor,
@@ -84,13 +95,11 @@ def ebm_lower_bound(
     crop_value: float = 0.0,
 ) -> torch.Tensor:
     r"""Return the per-sample lower bound :math:`LB_y = s_y - \tau \log(\sum_{k \notin T} e^{s_k/\tau} + c e^{a/\tau})`."""
-    similarities = _check_similarities(similarities)
-    temperature = _check_temperature(temperature)
-    targets = _check_targets(similarities, targets)
-    cropped = _training_crop_mask(similarities, targets, top_c)
-
+    similarities, targets, temperature, cropped_partition = _cropped_training_partition(
+        similarities, targets, temperature, top_c, crop_value
+    )
     target_similarity = similarities.gather(1, targets[:, None]).squeeze(1)
-    return target_similarity - _cropped_log_partition(similarities, cropped, temperature, crop_value)
+    return target_similarity - cropped_partition
 
 
 def exact_delta_energy_target(
@@ -101,13 +110,11 @@ def exact_delta_energy_target(
     crop_value: float = 0.0,
 ) -> torch.Tensor:
     r"""Return the per-sample exact :math:`\Delta E_y` with the ground-truth class cropped."""
-    similarities = _check_similarities(similarities)
-    temperature = _check_temperature(temperature)
-    targets = _check_targets(similarities, targets)
-    cropped = _training_crop_mask(similarities, targets, top_c)
-
+    similarities, targets, temperature, cropped_partition = _cropped_training_partition(
+        similarities, targets, temperature, top_c, crop_value
+    )
     full = temperature * torch.logsumexp(similarities / temperature, dim=1)
-    return full - _cropped_log_partition(similarities, cropped, temperature, crop_value)
+    return full - cropped_partition
 
 
 def ebm_loss(
