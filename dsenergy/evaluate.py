@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from dsenergy.metrics import evaluate_ood
 from dsenergy.prompts import PromptLearner
-from dsenergy.scores import compute_score, score_temperature
+from dsenergy.scores import TEMPERATURE_FREE_SCORES, compute_score, score_temperature
 
 __all__ = [
     "DEFAULT_SCORES",
@@ -196,7 +196,7 @@ def evaluate_model(
                 metrics = evaluate_ood(id_scores.cpu().numpy(), ood_scores.cpu().numpy(), positive=positive)
                 for metric in OOD_METRICS:
                     rows.append(
-                        _row(identity, ood_name, "ood", score, taus[score], metric, float(metrics[metric]),
+                        _row(identity, ood_name, "ood", score, _reported_temperature(score, taus), metric, float(metrics[metric]),
                              positive, n_id, len(ood_scores))
                     )
 
@@ -212,6 +212,11 @@ def _similarities(similarity: SimilarityFn, features: torch.Tensor, batch_size: 
     with torch.no_grad():
         parts = [similarity(features[start : start + batch_size]).float() for start in range(0, len(features), batch_size)]
     return torch.cat(parts) if parts else torch.empty(0, 0)
+
+
+def _reported_temperature(score: str, taus: dict[str, float]) -> float | None:
+    """Return the τ a table shows for ``score``: None for scores that use no temperature."""
+    return None if score in TEMPERATURE_FREE_SCORES else taus[score]
 
 
 def _row(identity, split, role, score, temperature, metric, value, positive, n_id, n_split) -> dict[str, Any]:

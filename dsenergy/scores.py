@@ -47,6 +47,7 @@ __all__ = [
     "delta_energy_feature_mask",
     "SCORES",
     "SCORE_DEFAULT_TEMPERATURES",
+    "TEMPERATURE_FREE_SCORES",
     "score_temperature",
     "compute_score",
 ]
@@ -243,6 +244,10 @@ SCORES: Mapping[str, ScoreFn] = {
 
 # Default temperatures of scores that do not use the model's own τ (a caller may override them).
 SCORE_DEFAULT_TEMPERATURES: Mapping[str, float] = {"mcm": 1.0}
+
+
+# Scores that ignore the temperature; tables report no τ for them.
+TEMPERATURE_FREE_SCORES: frozenset[str] = frozenset({"max_cosine"})
 
 
 def score_temperature(name: str, model_temperature: float, override: float | None = None) -> float:

@@ -105,6 +105,13 @@ def test_temperatures_are_recorded(text_features):
     assert default[default.metric == "accuracy"].temperature.isna().all()
 
 
+def test_max_cosine_reports_no_temperature(text_features):
+    table = evaluate_model(text_features, _splits(text_features), model_temperature=TAU, scores=("max_cosine", "msp"))
+
+    assert table[table.score == "max_cosine"].temperature.isna().all()
+    assert set(table[table.score == "msp"].temperature) == {TAU}
+
+
 def test_prompt_learner_equals_its_text_features():
     bundle = tiny_bundle()
     learner = PromptLearner(bundle.model, bundle.tokenizer, CLASS_NAMES, n_ctx=4, seed=0)
