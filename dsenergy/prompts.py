@@ -227,8 +227,8 @@ class PromptLearner(nn.Module):
                 generator = torch.Generator().manual_seed(seed)
                 initial = torch.randn(shape, generator=generator) * 0.02
 
-        # Under a causal mask the pooled token never sees later positions, so the padding after the
-        # last pooled token can be dropped exactly; this cuts the text tower's cost by about 77 / L.
+        # Under a causal mask the pooled token attends to no later position, so the padding after the
+        # last pooled token can be dropped exactly. This cuts the text tower's cost by about 77 / L.
         self.active_length = _active_context_length(parts, token_ids)
         token_ids = token_ids[:, : self.active_length]
         embedded = embedded[:, : self.active_length]
