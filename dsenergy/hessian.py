@@ -736,7 +736,7 @@ def top_eigenvalues(
 class ProbeEstimate:
     """A Monte-Carlo estimate over random probes with its standard error.
 
-    ``samples`` holds the per-probe values whose mean is ``estimate`` when the estimate is linear
+    ``samples`` contains the per-probe values whose mean is ``estimate`` when the estimate is linear
     (trace, squared norms). ``std_error`` is the sample standard deviation divided by √m for those, and
     the jackknife standard error for the nonlinear quantities (norms, ratios).
     """

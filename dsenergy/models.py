@@ -275,7 +275,7 @@ def _create(
     """Build the model through open_clip without disturbing the caller's random state."""
     open_clip_precision = "fp32" if precision == "amp" else precision
     # open_clip warns on the root logger that the model is randomly initialised whenever no tag is
-    # given; that is misleading when a checkpoint file is loaded right after, so it is filtered then.
+    # given. A checkpoint file is loaded right after in that case, so the warning is filtered out.
     weights_follow = tag is None and source != "random initialisation"
     random_init_filter = _MessageFilter("No pretrained weights loaded")
     root_logger = logging.getLogger()
