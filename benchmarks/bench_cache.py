@@ -19,25 +19,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from dsenergy.features import cached_feature_set
-from dsenergy.models import load_clip, register_model_config
+from dsenergy.models import load_clip
 
-from _machine import machine_description  # benchmarks/ is on sys.path when a script runs
+from _common import SMALL_MODEL_NAME, machine_description, register_small_model  # benchmarks/ is on sys.path
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "cache.json"
 TARGET_RATIO = 50.0
-
-SMALL_MODEL_NAME = "dsenergy-bench-small"
-SMALL_MODEL_CONFIG = {
-    "embed_dim": 256,
-    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 256, "layers": 4, "head_width": 64},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 2},
-}
 
 
 class RandomImageDataset(Dataset):
@@ -104,8 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    if open_clip.get_model_config(SMALL_MODEL_NAME) != SMALL_MODEL_CONFIG:
-        register_model_config(SMALL_MODEL_NAME, SMALL_MODEL_CONFIG)
+    register_small_model()
     device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory(prefix="dsenergy-bench-cache-") as folder:

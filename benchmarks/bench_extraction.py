@@ -19,24 +19,16 @@ import statistics
 import time
 from pathlib import Path
 
-import open_clip
 import torch
 from torch.utils.data import Dataset
 
 from dsenergy.features import extract_features
-from dsenergy.models import load_clip, register_model_config
+from dsenergy.models import load_clip
 
-from _machine import machine_description  # benchmarks/ is on sys.path when a script runs
+from _common import SMALL_MODEL_NAME, machine_description, register_small_model  # benchmarks/ is on sys.path
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "extraction.json"
 TARGET_RATIO = 0.95
-
-SMALL_MODEL_NAME = "dsenergy-bench-small"
-SMALL_MODEL_CONFIG = {
-    "embed_dim": 256,
-    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 256, "layers": 4, "head_width": 64},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 2},
-}
 
 
 class TensorListDataset(Dataset):
@@ -120,8 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    if open_clip.get_model_config(SMALL_MODEL_NAME) != SMALL_MODEL_CONFIG:
-        register_model_config(SMALL_MODEL_NAME, SMALL_MODEL_CONFIG)
+    register_small_model()
     device = torch.device(args.device)
 
     results = [

@@ -97,9 +97,9 @@ def similarity_function(model: Any) -> SimilarityFn:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     if isinstance(model, PromptLearner):
+        # The learner's text features are computed once here and reused for every batch.
         with torch.no_grad():
-            text_features = model().float()
-        return lambda image_features: F.normalize(image_features.float(), dim=-1).to(text_features.device) @ text_features.t()
+            model = model()
     if hasattr(model, "similarities"):
         return model.similarities
     if isinstance(model, torch.Tensor):

@@ -1,7 +1,8 @@
 r"""The EBM loss: lower-bound maximisation of ΔEnergy on the ground-truth class during prompt tuning.
 
-Our reading of the paper (``DESIGN.md`` §1). Training crops the ground-truth class ``y`` and, for
-``c > 1``, the ``c − 1`` largest other classes; call that set ``T``. The exact energy change is
+Our reading of Zhu et al., arXiv 2510.11296, whose abstract names the loss without defining it.
+Training crops the ground-truth class ``y`` and, for ``c > 1``, the ``c − 1`` largest other
+classes. Call that set ``T``. The exact energy change is
 
 .. math::
 

@@ -5,7 +5,7 @@ features and ``K`` normalised class text features, and returns one value per ima
 Higher always means more in-distribution (ID). Temperatures are explicit: CLIP's learned logit
 scale is ``1 / τ`` (about 100, so ``τ ≈ 0.01``); MCM and several CLIP OOD papers use ``τ = 1``.
 
-Notation (``DESIGN.md`` §1):
+Notation:
 
 .. math::
 
@@ -187,7 +187,7 @@ def delta_energy_feature_mask(
 ) -> torch.Tensor:
     r"""Return the feature-mask ΔEnergy: the energy change when the image feature loses its top dimensions.
 
-    Our reading of the paper's "re-alignment" (``DESIGN.md`` §1). For the predicted class
+    Our reading of the paper's "re-alignment", which its abstract names without defining. For the predicted class
     ``ŷ = argmax_k z·w_k`` the dimensions with the largest contributions ``z_d w_{ŷ,d}`` (a fraction
     ``ρ = mask_fraction`` of the ``D`` dimensions, rounded to the nearest count, at least one) are set to
     zero, giving ``z'`` (renormalised to unit length when ``renormalize``), and

@@ -104,7 +104,7 @@ plt.show()""",
 
 The left panel shows the energy of each distribution, the right panel ΔE. Both separate ID from OOD
 images to some degree; the table gives the AUROC of each score against the ID split (ID is the
-positive class, higher score = more ID; for the energy we use $-E$). The covariate split holds ID
+positive class, higher score = more ID; for the energy we use $-E$). The covariate split contains ID
 classes under an image shift, so a detector should *not* reject it: an AUROC near 0.5 there is the
 wanted behaviour.""",
     """energy = {split: scores.free_energy(s, tau) for split, s in similarities.items()}
@@ -350,10 +350,8 @@ for name, run in runs.items():
     learner = run.prompt_learner
     _, theta = hessian.trainable_parameter(learner)
     loss_fn = hessian.make_classifier_loss(tau, hessian.module_text_features(learner))
-    # PyTorch's fused CPU attention has no second derivatives, so HVPs through the text tower run on
-    # the math backend, by double backward (about 3x faster than forward-over-reverse on the demo model).
-    with hessian.math_attention():
-        tables[name] = hessian.hessian_consistency(loss_fn, theta, batches, mode="reverse-over-reverse", **settings)
+    # Double backward was about 3x faster than forward-over-reverse through the demo model's text tower.
+    tables[name] = hessian.hessian_consistency(loss_fn, theta, batches, mode="reverse-over-reverse", **settings)
 consistency = pd.concat([table.assign(model=name) for name, table in tables.items()], ignore_index=True)
 records.record("consistency", consistency, description="hessian_consistency rows per model and domain")
 
@@ -605,7 +603,7 @@ claims.style.format({"gain": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}
     """### Reading the verdicts
 
 At smoke size (few shots, three epochs, two seeds, 200 images per split) most intervals are wide and
-the verdicts say little; run with the default sizes, or with a real CLIP on your own data, before
+the verdicts carry little evidence; run with the default sizes, or with a real CLIP on your own data, before
 reading them as evidence.""",
 ]
 

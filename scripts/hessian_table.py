@@ -19,9 +19,9 @@ through the real open_clip text transformer.
 Per domain, :func:`dsenergy.hessian.hessian_consistency` reports the top eigenvalues (Lanczos),
 the Hutchinson trace, and against ``id_test``: the normalised Frobenius and spectral norms of
 H_e − H_id, the Hessian cosine and the gradient gap. The accuracy drop acc(id_test) − acc(e)
-of the same prompts is listed beside them. HVPs use ``mode="reverse-over-reverse"`` under the math
-attention backend (:func:`dsenergy.hessian.math_attention`), because PyTorch's fused CPU attention
-kernel has neither forward-mode derivatives nor a double backward.
+of the same prompts is listed beside them. HVPs use ``mode="reverse-over-reverse"``. The Hessian operator runs
+them on the math attention backend (:func:`dsenergy.hessian.math_attention`), because PyTorch's fused
+CPU attention kernel has neither forward-mode derivatives nor a double backward.
 
 Each finished (method, seed) table is kept under ``--out``/parts and reused by a later run with the
 same model, domains, estimator settings and context vectors. Outputs under ``--out`` (default ``results/hessian/``): ``hessian_runs.csv`` / ``.json`` (one row per
@@ -127,11 +127,10 @@ def compare_domains(learner, domains: dict[str, tuple[torch.Tensor, torch.Tensor
     loss_fn = hessian.make_classifier_loss(temperature, hessian.module_text_features(learner))
     _, theta = hessian.trainable_parameter(learner)
     batches = {name: [(features, labels)] for name, (features, labels) in domains.items()}
-    with hessian.math_attention():
-        table = hessian.hessian_consistency(
-            loss_fn, theta, batches, reference=REFERENCE, k=args.k, iters=args.iters, num_probes=args.probes,
-            seed=seed, mode="reverse-over-reverse", progress=False,
-        )
+    table = hessian.hessian_consistency(
+        loss_fn, theta, batches, reference=REFERENCE, k=args.k, iters=args.iters, num_probes=args.probes,
+        seed=seed, mode="reverse-over-reverse", progress=False,
+    )
     accuracy = {name: domain_accuracy(learner, *domains[name]) for name in domains}
     table["accuracy"] = table.domain.map(accuracy)
     table["accuracy_drop"] = accuracy[REFERENCE] - table["accuracy"]

@@ -59,7 +59,7 @@ def test_delta_energy_negative_when_crop_above_top():
     assert (delta < 0).all()
 
 
-def test_delta_energy_ranks_like_msp_at_small_tau_float64():
+def test_delta_energy_msp_ranks_small_tau():
     # CLIP-like cosines in [0.15, 0.35]: e^{-s_max/τ} < 1e-10, so ΔE = −τ log(1 − p_max) to float64 precision.
     generator = torch.Generator().manual_seed(3)
     s = 0.15 + 0.2 * torch.rand(1000, 10, generator=generator, dtype=torch.float64)
@@ -76,7 +76,7 @@ def test_delta_energy_differs_from_msp_at_large_tau():
     assert (rankdata(delta.numpy()) != rankdata(max_softmax.numpy())).any()
 
 
-def test_msp_saturates_in_float32_where_delta_energy_keeps_order():
+def test_float32_msp_saturation_delta_order():
     # Top-1 margins of 0.2–0.4 at τ = 0.01 make e^{-margin/τ} < 2e-9, below float32 resolution at 1.
     s = torch.tensor(
         [
