@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -125,7 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _command_run(args)
     if args.command == "params":
-        return _command_params(args)
+        try:
+            return _command_params(args)
+        except BrokenPipeError:
+            # The reader (e.g. `| head`) closed the pipe early; stop writing without a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     parser.print_help()
     return 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -81,3 +82,13 @@ def test_params_command_lists_schema(capsys):
     assert "ebm_weights (list[float]" in listing
     assert "smoke [0.0, 1.0]" in listing
     assert "hessian_top_k" not in listing
+
+
+def test_params_into_closed_pipe():
+    # `head -1` closes the pipe after one line, so later writes raise BrokenPipeError in the CLI.
+    command = f"{shlex.quote(sys.executable)} -m dsenergy.cli params | head -1"
+    completed = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+
+    assert completed.returncode == 0
+    assert completed.stdout.startswith("model ")
+    assert "Traceback" not in completed.stderr
