@@ -1,4 +1,7 @@
-"""fashion-open: committed splits, builder reproducibility, covariate shifts and the IDX reader."""
+"""fashion-open: committed splits, builder reproducibility, covariate shifts and the IDX reader.
+
+The clip-art renderer and the ``ood_clipart`` rebuild on its own are tested in test_data_clipart.py.
+"""
 
 from __future__ import annotations
 
@@ -30,12 +33,18 @@ from dsenergy.data import (
 )
 from dsenergy.data._arrays import read_npz, write_npz
 from dsenergy.data.build_fashion_open import build_fashion_open
+from dsenergy.data.clipart import DEBIAN_OPENCLIPART_DIR
 from dsenergy.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR, read_fashion_mnist
+from dsenergy.data.fashion_open import FASHION_CLIPART_CLASSES, FASHION_CLIPART_COUNTS
 
 COMMITTED = data_dir() / "fashion-open"
 needs_debian = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason=f"Fashion-MNIST IDX files not in {DEBIAN_FASHION_MNIST_DIR} (Debian package dataset-fashion-mnist)",
+)
+needs_openclipart = pytest.mark.skipif(
+    not all((DEBIAN_OPENCLIPART_DIR / category).is_dir() for category in FASHION_CLIPART_CLASSES),
+    reason=f"openclipart PNG folders not in {DEBIAN_OPENCLIPART_DIR} (Debian package openclipart-png)",
 )
 
 
@@ -78,8 +87,9 @@ def test_id_splits_are_class_balanced(split):
 @pytest.mark.parametrize(
     ("split", "names", "per_class"),
     [
-        ("ood_near", FASHION_NEAR_OOD_CLASSES, FASHION_OPEN_SPEC.ood_near_per_class),
-        ("ood_far", FASHION_FAR_OOD_CLASSES, FASHION_OPEN_SPEC.ood_far_per_texture),
+        ("ood_near", FASHION_NEAR_OOD_CLASSES, [FASHION_OPEN_SPEC.ood_near_per_class] * 4),
+        ("ood_far", FASHION_FAR_OOD_CLASSES, [FASHION_OPEN_SPEC.ood_far_per_texture] * 3),
+        ("ood_clipart", FASHION_CLIPART_CLASSES, list(FASHION_CLIPART_COUNTS.values())),
     ],
 )
 def test_ood_splits_label_minus_one(split, names, per_class):
@@ -87,7 +97,7 @@ def test_ood_splits_label_minus_one(split, names, per_class):
 
     assert (dataset.labels == -1).all()
     assert dataset.ood_class_names == list(names)
-    assert np.bincount(dataset.ood_labels).tolist() == [per_class] * len(names)
+    assert np.bincount(dataset.ood_labels, minlength=len(names)).tolist() == per_class
 
 
 def test_readme_counts_match_spec():
@@ -95,7 +105,7 @@ def test_readme_counts_match_spec():
     stated = dict(re.findall(r"^\| `([a-z_/0-9<>]+)` \| (\d+) \|", readme, flags=re.M))
     counts = fashion_open_counts()
 
-    for split in ("id_train", "id_test", "ood_near", "ood_far"):
+    for split in ("id_train", "id_test", "ood_near", "ood_far", "ood_clipart"):
         assert int(stated[split]) == counts[split], split
     assert int(stated["covariate/<shift>/<severity>"]) == counts["covariate/blur/1"]
 
@@ -181,11 +191,14 @@ def test_covariate_shift_rejects_bad_input():
 
 
 @needs_debian
+@needs_openclipart
 def test_builder_reproduces_committed_subset(tmp_path):
     manifest = build_fashion_open(DEBIAN_FASHION_MNIST_DIR, tmp_path / "fashion-open")
     committed = _manifest()
 
     assert manifest["sources"] == committed["sources"]
+    assert manifest["clipart"] == committed["clipart"]
+    assert sorted(manifest["splits"]) == sorted(committed["splits"])
     for split, entry in committed["splits"].items():
         assert manifest["splits"][split]["sha256"] == entry["sha256"], split
         # Byte equality also needs the same zlib; the content hash above is the contract.

@@ -3,6 +3,8 @@
 from dsenergy.data._arrays import ArrayImageDataset, array_sha256
 from dsenergy.data.fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist, read_idx
 from dsenergy.data.fashion_open import (
+    FASHION_CLIPART_CLASSES,
+    FASHION_CLIPART_COUNTS,
     FASHION_FAR_OOD_CLASSES,
     FASHION_ID_CLASSES,
     FASHION_NEAR_OOD_CLASSES,
@@ -37,6 +39,8 @@ from dsenergy.data.shifts import COVARIATE_SHIFTS, SEVERITIES, apply_covariate_s
 
 __all__ = [
     "COVARIATE_SHIFTS",
+    "FASHION_CLIPART_CLASSES",
+    "FASHION_CLIPART_COUNTS",
     "FASHION_FAR_OOD_CLASSES",
     "FASHION_ID_CLASSES",
     "FASHION_MNIST_CLASSES",

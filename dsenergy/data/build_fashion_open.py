@@ -1,6 +1,7 @@
-"""Build the fashion-open arrays from the Fashion-MNIST IDX files and the scikit-image textures.
+"""Build the fashion-open arrays from the Fashion-MNIST IDX files, scikit-image textures and openclipart PNGs.
 
-Usage: ``python -m dsenergy.data.build_fashion_open --source /usr/share/datasets/fashion-mnist --out data/fashion-open``
+Usage: ``python -m dsenergy.data.build_fashion_open --source /usr/share/datasets/fashion-mnist
+--clipart-source /usr/share/openclipart/png --out data/fashion-open``
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import scipy
 
 from dsenergy.data._arrays import array_sha256, write_npz
+from dsenergy.data.clipart import (
+    DEBIAN_OPENCLIPART_DIR,
+    OPENCLIPART_PACKAGE,
+    check_clipart_source,
+    draw_clipart,
+)
 from dsenergy.data.fashion_mnist import (
     DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
@@ -23,6 +31,8 @@ from dsenergy.data.fashion_mnist import (
     read_fashion_mnist,
 )
 from dsenergy.data.fashion_open import (
+    FASHION_CLIPART_CLASSES,
+    FASHION_CLIPART_COUNTS,
     FASHION_FAR_OOD_CLASSES,
     FASHION_ID_CLASSES,
     FASHION_NEAR_OOD_CLASSES,
@@ -36,12 +46,17 @@ from dsenergy.data.fashion_open import (
 from dsenergy.data.shifts import apply_covariate_shift
 from dsenergy.data.textures import TEXTURE_SOURCES, load_texture, texture_crops
 
-__all__ = ["build_fashion_open", "main"]
+__all__ = ["build_clipart_split", "build_fashion_open", "main"]
 
 logger = logging.getLogger(__name__)
 
 # Stream ids that keep the generators of the different draws independent of each other.
-_STREAM_ID_TRAIN, _STREAM_ID_TEST, _STREAM_NEAR, _STREAM_FAR = 0, 1, 2, 3
+_STREAM_ID_TRAIN, _STREAM_ID_TEST, _STREAM_NEAR, _STREAM_FAR, _STREAM_CLIPART = 0, 1, 2, 3, 4
+
+_CLIPART_SOURCE_TEXT = (
+    "openclipart.org clip art, public-domain dedication, from the PNG files of the Debian package "
+    f"{OPENCLIPART_PACKAGE}"
+)
 
 
 def _draw_classes(
@@ -65,13 +80,51 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def build_clipart_split(
+    clipart_source: str | Path = DEBIAN_OPENCLIPART_DIR,
+    spec: FashionOpenSpec = FASHION_OPEN_SPEC,
+    subset: tuple[str, ...] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Draw and render the ``ood_clipart`` split; return its arrays and its manifest record.
+
+    The arrays are ``images`` (uint8 N×28×28), ``labels`` (index into ``FASHION_CLIPART_CLASSES``) and
+    ``source_path`` (path of each file relative to ``clipart_source``). ``subset`` builds only the named
+    categories, with the labels and draws they have in the full split.
+    """
+    root = Path(clipart_source)
+    draw = draw_clipart(
+        root, spec.ood_clipart_per_category, spec.seed, _STREAM_CLIPART, FASHION_CLIPART_CLASSES, subset=subset
+    )
+    if subset is None and draw.counts != FASHION_CLIPART_COUNTS:
+        logger.warning(
+            "ood_clipart has per-category counts %s, but fashion_open.FASHION_CLIPART_COUNTS records %s; "
+            "the clip-art source differs from Debian openclipart-png 1:0.18+dfsg-19. Update the constant "
+            "and data/README.md if you mean to commit this build",
+            draw.counts, FASHION_CLIPART_COUNTS,
+        )
+
+    file_list = "".join(f"{path}\t{_file_sha256(root / path)}\n" for path in draw.paths.tolist())
+    record = {
+        "source": _CLIPART_SOURCE_TEXT,
+        "categories": list(FASHION_CLIPART_CLASSES),
+        "per_category": draw.counts,
+        "excluded_as_clothing": draw.excluded,
+        "skipped_unusable": draw.skipped,
+        "files_sha256": hashlib.sha256(file_list.encode()).hexdigest(),
+    }
+    arrays = {"images": draw.images, "labels": draw.labels, "source_path": draw.paths}
+    return arrays, record
+
+
 def build_fashion_open(
     source: str | Path = DEBIAN_FASHION_MNIST_DIR,
     out: str | Path = "data/fashion-open",
     spec: FashionOpenSpec = FASHION_OPEN_SPEC,
+    clipart_source: str | Path = DEBIAN_OPENCLIPART_DIR,
 ) -> dict[str, Any]:
     """Write the fashion-open ``.npz`` files and ``manifest.json`` to ``out``; return the manifest."""
     source, out = Path(source), Path(out)
+    check_clipart_source(clipart_source, FASHION_CLIPART_CLASSES)  # fail before the slower steps
     train_images, train_labels = read_fashion_mnist("train", source)
     test_images, test_labels = read_fashion_mnist("test", source)
 
@@ -90,6 +143,7 @@ def build_fashion_open(
         crops.append(texture_crops(load_texture(name), spec.ood_far_per_texture, 28, rng))
         crop_labels.append(np.full(spec.ood_far_per_texture, label, dtype=np.int64))
     splits["ood_far"] = {"images": np.concatenate(crops), "labels": np.concatenate(crop_labels)}
+    splits["ood_clipart"], clipart_record = build_clipart_split(clipart_source, spec)
 
     manifest: dict[str, Any] = {
         "name": "fashion-open",
@@ -98,7 +152,8 @@ def build_fashion_open(
             file_name: _file_sha256(source / file_name) for pair in FASHION_MNIST_FILES.values() for file_name in pair
         },
         "textures": dict(TEXTURE_SOURCES),
-        "versions": {"numpy": np.__version__, "scipy": scipy.__version__},
+        "clipart": clipart_record,
+        "versions": {"numpy": np.__version__, "scipy": scipy.__version__, "pillow": PIL.__version__},
         "splits": {},
         "covariate": {},
     }
@@ -137,10 +192,14 @@ def main(argv: list[str] | None = None) -> None:
         "--source", type=Path, default=DEBIAN_FASHION_MNIST_DIR,
         help="folder containing the four Fashion-MNIST .gz IDX files",
     )
+    parser.add_argument(
+        "--clipart-source", type=Path, default=DEBIAN_OPENCLIPART_DIR,
+        help=f"folder containing the <category>/ folders of PNG clip art (Debian package {OPENCLIPART_PACKAGE})",
+    )
     parser.add_argument("--out", type=Path, default=Path("data/fashion-open"), help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build_fashion_open(args.source, args.out)
+    build_fashion_open(args.source, args.out, clipart_source=args.clipart_source)
 
 
 if __name__ == "__main__":

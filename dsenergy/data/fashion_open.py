@@ -1,9 +1,11 @@
-"""fashion-open: the embedded open-set benchmark built from Fashion-MNIST and CC0 textures.
+"""fashion-open: the embedded open-set benchmark built from Fashion-MNIST, CC0 textures and clip art.
 
-Six Fashion-MNIST classes are in-distribution (ID) and the other four are near OOD. Texture crops are
-far OOD. Covariate-shifted copies of a fixed subset of the ID test images test generalisation. The arrays
-live in ``data/fashion-open/`` (written by ``python -m dsenergy.data.build_fashion_open``); the
-covariate splits are computed from ``id_test`` at load time.
+Six Fashion-MNIST classes are in-distribution (ID) and the other four are near OOD. Far OOD comes in two
+splits: texture crops (``ood_far``) and public-domain clip art of animals, food, vehicles and other
+objects rendered like Fashion-MNIST images (``ood_clipart``). Covariate-shifted copies of a fixed subset
+of the ID test images test generalisation. The arrays live in ``data/fashion-open/`` (written by
+``python -m dsenergy.data.build_fashion_open``). The covariate splits are computed from ``id_test`` at
+load time.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from PIL import Image
 
 from dsenergy._paths import data_dir
 from dsenergy.data._arrays import ArrayImageDataset, array_sha256, read_npz
+from dsenergy.data.clipart import CLIPART_CATEGORIES
 from dsenergy.data.shifts import COVARIATE_SHIFTS, SEVERITIES, apply_covariate_shift
 from dsenergy.data.textures import TEXTURE_SOURCES
 
 __all__ = [
+    "FASHION_CLIPART_CLASSES",
+    "FASHION_CLIPART_COUNTS",
     "FASHION_FAR_OOD_CLASSES",
     "FASHION_ID_CLASSES",
     "FASHION_NEAR_OOD_CLASSES",
@@ -47,8 +52,22 @@ FASHION_ID_CLASSES: tuple[str, ...] = ("t-shirt/top", "trouser", "dress", "sanda
 FASHION_NEAR_OOD_CLASSES: tuple[str, ...] = ("pullover", "coat", "shirt", "ankle boot")
 #: Far-OOD classes: the textures the crops come from.
 FASHION_FAR_OOD_CLASSES: tuple[str, ...] = tuple(TEXTURE_SOURCES)
+#: Semantic far-OOD classes: the openclipart categories of ``ood_clipart``, in label order.
+FASHION_CLIPART_CLASSES: tuple[str, ...] = CLIPART_CATEGORIES
+#: Images per category in the committed ``ood_clipart``: the spec's cap, or all usable files of the
+#: category in Debian openclipart-png 1:0.18+dfsg-19 where there are fewer.
+FASHION_CLIPART_COUNTS: dict[str, int] = {
+    "animals": 200,
+    "food": 200,
+    "plants": 66,
+    "transportation": 166,
+    "buildings": 68,
+    "tools": 122,
+    "electronics": 36,
+    "geography": 129,
+}
 
-_STORED_SPLITS = ("id_train", "id_test", "ood_near", "ood_far")
+_STORED_SPLITS = ("id_train", "id_test", "ood_near", "ood_far", "ood_clipart")
 MANIFEST_NAME = "manifest.json"
 
 
@@ -62,6 +81,7 @@ class FashionOpenSpec:
     id_test_per_class: int = 500  # drawn from the Fashion-MNIST test split
     ood_near_per_class: int = 500  # drawn from the Fashion-MNIST test split
     ood_far_per_texture: int = 500
+    ood_clipart_per_category: int = 200  # at most this many clip-art images per category
     covariate_per_class: int = 200  # the first this many of each class in id_test get shifted
 
 
@@ -69,18 +89,24 @@ FASHION_OPEN_SPEC = FashionOpenSpec()
 
 
 def fashion_open_splits() -> list[str]:
-    """List every split name: the four stored splits, then ``covariate/<shift>/<severity>``."""
+    """List every split name: the five stored splits, then ``covariate/<shift>/<severity>``."""
     covariate = [f"covariate/{shift}/{severity}" for shift in COVARIATE_SHIFTS for severity in SEVERITIES]
     return [*_STORED_SPLITS, *covariate]
 
 
 def fashion_open_counts(spec: FashionOpenSpec = FASHION_OPEN_SPEC) -> dict[str, int]:
-    """Return the number of images in each split."""
+    """Return the number of images in each split.
+
+    The ``ood_clipart`` count comes from :data:`FASHION_CLIPART_COUNTS`, capped by the spec.
+    """
+    # NOTE: a cap above the committed one (200) would draw more images than this sum counts.
+    clipart = sum(min(count, spec.ood_clipart_per_category) for count in FASHION_CLIPART_COUNTS.values())
     counts = {
         "id_train": spec.id_train_per_class * len(FASHION_ID_CLASSES),
         "id_test": spec.id_test_per_class * len(FASHION_ID_CLASSES),
         "ood_near": spec.ood_near_per_class * len(FASHION_NEAR_OOD_CLASSES),
         "ood_far": spec.ood_far_per_texture * len(FASHION_FAR_OOD_CLASSES),
+        "ood_clipart": clipart,
     }
     for split in fashion_open_splits()[len(_STORED_SPLITS) :]:
         counts[split] = spec.covariate_per_class * len(FASHION_ID_CLASSES)
@@ -93,7 +119,7 @@ def fashion_open_root(root: str | Path | None = None) -> Path:
     if not (path / MANIFEST_NAME).is_file():
         raise FileNotFoundError(
             f"{path / MANIFEST_NAME} not found; expected the fashion-open folder with manifest.json and "
-            "id_train.npz, id_test.npz, ood_near.npz, ood_far.npz. Rebuild it with "
+            "id_train.npz, id_test.npz, ood_near.npz, ood_far.npz, ood_clipart.npz. Rebuild it with "
             "`python -m dsenergy.data.build_fashion_open --out <folder>`"
         )
     return path
@@ -201,6 +227,8 @@ def load_fashion_open(
         ood_labels, ood_class_names = labels, FASHION_NEAR_OOD_CLASSES
     elif split == "ood_far":
         ood_labels, ood_class_names = labels, FASHION_FAR_OOD_CLASSES
+    elif split == "ood_clipart":
+        ood_labels, ood_class_names = labels, FASHION_CLIPART_CLASSES
     if ood_labels is not None:
         labels = np.full(len(ood_labels), -1, dtype=np.int64)
 
