@@ -165,7 +165,7 @@ _PARAMETERS: tuple[Parameter, ...] = (
               check=_choice("fashion-open", "folders")),
     Parameter("data_root", "path", None,
               "folder with your images when benchmark is 'folders' (layout in the README)", nullable=True),
-    Parameter("ood_splits", "list[str]", ["ood_near", "ood_far"],
+    Parameter("ood_splits", "list[str]", ["ood_near", "ood_far", "ood_clipart"],
               "OOD test splits: fashion-open names, or folders under data_root whose path starts with 'ood'",
               check=_non_empty),
     Parameter("covariate_splits", "list[str]",

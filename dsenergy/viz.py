@@ -562,11 +562,12 @@ def claim_verdict(low: float, high: float, threshold: float = 0.0) -> str:
 # Model and benchmark data shared by the notebooks
 
 #: Display names of the fashion-open splits.
-SPLIT_LABELS: dict[str, str] = {"id_train": "ID train", "id_test": "ID", "ood_near": "near OOD", "ood_far": "far OOD"}
+SPLIT_LABELS: dict[str, str] = {"id_train": "ID train", "id_test": "ID", "ood_near": "near OOD",
+                               "ood_far": "far OOD (textures)", "ood_clipart": "far OOD (clip art)"}
 
 
 def split_label(split: str) -> str:
-    """Return the display name of a split: 'ID', 'near OOD', 'far OOD', 'covariate noise/2', or the split itself."""
+    """Return the display name of a split: 'ID', 'near OOD', 'far OOD (textures)', 'covariate noise/2', or the split itself."""
     if split in SPLIT_LABELS:
         return SPLIT_LABELS[split]
     if split.startswith("covariate/"):
@@ -589,7 +590,7 @@ class Workbench:
     """The model, its zero-shot classifier and the benchmark splits, as the notebooks use them.
 
     ``benchmark="fashion-open"`` reads the embedded benchmark (splits ``id_train``, ``id_test``,
-    ``ood_near``, ``ood_far``, ``covariate/<shift>/<severity>``). ``benchmark="folders"`` reads your
+    ``ood_near``, ``ood_far``, ``ood_clipart``, ``covariate/<shift>/<severity>``). ``benchmark="folders"`` reads your
     images under ``data_root``: ``id_train/<class>/``, ``id_test/<class>/`` and any other split as a
     path relative to ``data_root``; a split whose path starts with ``ood`` is read as OOD images
     (label -1, any depth), any other as class folders with the ID class names.

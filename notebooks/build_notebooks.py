@@ -341,7 +341,10 @@ print({split: len(labels) for split, (_, labels) in domains.items()})""",
 For the zero-shot classifier θ is the text-feature matrix; for CoOp and CoOp+EBM θ is the context
 tensor and the text features are recomputed from it by the frozen text tower in every
 Hessian-vector product. Probes and starting vectors use the same seed for every model. Smoke runs
-skip the spectral norm of the difference, which costs the most products.""",
+skip the spectral norm of the difference, which costs the most products. They also give Lanczos only
+`hessian_iterations` = 6 steps, so the log may warn that the eigenvalues did not reach the tolerance:
+Lanczos approximates the extreme eigenvalues first, so the top one is the most accurate and the
+smaller ones are rough. Raise `hessian_iterations` for tight values.""",
     """settings = dict(reference="id_test", k=hessian_top_k, iters=hessian_iterations, num_probes=hutchinson_samples, seed=seed,
                 spectral_diff=not smoke, progress=False)
 tables = {"zero-shot": hessian.hessian_consistency(hessian.make_classifier_loss(tau), bench.classifier.text_features.clone(),

@@ -196,7 +196,7 @@ def per_seed_summary(runs: pd.DataFrame) -> pd.DataFrame:
             "covariate acc": accuracy[accuracy.split_role == "covariate"].value.mean(),
         }
         for score in SUMMARY_SCORES:
-            for split in ("ood_near", "ood_far"):
+            for split in ("ood_near", "ood_far", "ood_clipart"):
                 for metric, label in (("auroc", "AUROC"), ("fpr95", "FPR95")):
                     rows = table[(table.score == score) & (table.split == split) & (table.metric == metric)]
                     record[f"{SCORE_LABELS[score]} {split.removeprefix('ood_')} {label}"] = rows.value.mean()

@@ -158,19 +158,20 @@ def test_energy_change_aurocs_match_model_card(smoke_run):
     assert recorded["weights_id"] == reference["weights_id"], "the demo evaluation record is out of date"
     assert recorded["temperature"] == pytest.approx(reference["temperature"], rel=1e-6)
     n = params.smoke_overrides()["n_per_split"]
-    for split in ("ood_near", "ood_far"):
+    ood_splits = params.defaults()["ood_splits"]
+    for split in ood_splits:
         low, high = auroc_band(reference["ood"][split]["ΔEnergy (c=1, a=0)"]["auroc"], n, n)
         assert low <= recorded["auroc_delta_energy"][split] <= high, split
         low, high = auroc_band(reference["ood"][split]["Energy"]["auroc"], n, n)
         assert low <= recorded["auroc_energy"][split] <= high, split
     sweep = recorded["auroc_vs_temperature"]
-    assert len(sweep) == 10 * 3 * 3  # τ grid × c values × non-ID splits
+    assert len(sweep) == 10 * 3 * (len(ood_splits) + 1)  # τ grid × c values × (OOD splits + one covariate split)
 
 
 def test_detection_agrees_with_energy_change(smoke_run):
     first = smoke_run.records("01_energy_change")
     second = smoke_run.records("02_delta_energy_detection")
-    for split in ("ood_near", "ood_far"):
+    for split in params.defaults()["ood_splits"]:
         # Same images, same τ: two code paths must give the same number.
         assert second["auroc_delta_energy"][split] == pytest.approx(first["auroc_delta_energy"][split], abs=1e-12)
     low, high = accuracy_band(demo_reference()["id_test_accuracy"], params.smoke_overrides()["n_per_split"])

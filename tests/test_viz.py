@@ -136,7 +136,7 @@ def test_static_figures_have_labels():
     assert "ΔE =" in ax.get_title()
     ax = viz.plot_score_distributions(delta, "ΔE", "ΔE (higher = more ID)")
     assert ax.get_xlabel() == "ΔE (higher = more ID)"
-    assert {text.get_text() for text in ax.get_legend().get_texts()} == {"ID", "far OOD"}
+    assert {text.get_text() for text in ax.get_legend().get_texts()} == {"ID", "far OOD (textures)"}
     ax = viz.plot_roc_curves({"delta_energy": delta["id_test"]}, {"delta_energy": delta["ood_far"]}, "ROC")
     assert "AUROC" in ax.get_legend().get_texts()[0].get_text()
     ax = viz.plot_msp_relation(scores.msp(similarities["id_test"], 0.05), delta["id_test"], 0.05)
