@@ -21,7 +21,7 @@ Outputs under ``--out`` (default ``results/finetune/``):
 * ``finetune_summary.md``: ID and mean covariate accuracy, near/far AUROC and FPR95 for MSP,
   Energy, MCM and ΔEnergy, as mean ± std over seeds, and the paired CoOp+EBM − CoOp differences.
 
-Run: ``python scripts/finetune_table.py [--epochs 50] [--ebm-weight 1.0] [--device cpu]``.
+Run: ``python scripts/finetune_table.py [--epochs 50] [--lr 0.002] [--ebm-weight 1.0] [--device cpu]``.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of the K-shot split and training")
     parser.add_argument("--epochs", type=int, default=50, help="training epochs per run")
     parser.add_argument("--n-ctx", type=int, default=16, help="number of context vectors")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="SGD learning rate after the warm-up epoch")
     parser.add_argument(
         "--ebm-weight", type=float, default=None,
         help="λ of CoOp+EBM; default: chosen by the validation sweep over --sweep-weights",
@@ -125,7 +126,7 @@ def validation_indices(labels: np.ndarray, exclude: np.ndarray, per_class: int, 
 def train_config(args: argparse.Namespace, method: str, seed: int, ebm_weight: float) -> TrainConfig:
     """Return the training settings of one run."""
     return TrainConfig(
-        method=method, n_ctx=args.n_ctx, epochs=args.epochs, ebm_weight=ebm_weight, top_c=args.top_c,
+        method=method, n_ctx=args.n_ctx, epochs=args.epochs, lr=args.lr, ebm_weight=ebm_weight, top_c=args.top_c,
         crop_value=args.crop_value, bound=args.bound, seed=seed, progress=False,
     )
 
@@ -219,7 +220,7 @@ def summary_markdown(runs: pd.DataFrame, config: dict[str, Any]) -> str:
         f"# Fine-tuning on fashion-open ({config['shots']}-shot), seeds {', '.join(map(str, config['seeds']))}",
         "",
         f"Model {config['model']} (weights {config['weights_id']}). CoOp: {config['n_ctx']} generic context "
-        f"vectors, {config['epochs']} epochs, SGD lr 0.002, batch 32, one warm-up epoch, trained on cached "
+        f"vectors, {config['epochs']} epochs, SGD lr {config['train_settings']['lr']:g}, batch 32, one warm-up epoch, trained on cached "
         f"features. CoOp+EBM: λ = {config['ebm_weight']:g} ({config['ebm_weight_source']}), c = {config['top_c']}, "
         f"a = {config['crop_value']:g}, bound {config['bound']!r}, loss τ = {config['loss_temperature']:.4g} "
         f"(1 / the model's logit scale). Zero-shot averages {len(DEMO_TEMPLATES)} caption templates. "
@@ -240,7 +241,48 @@ def summary_markdown(runs: pd.DataFrame, config: dict[str, Any]) -> str:
     if {"coop", "coop_ebm"} <= set(methods):
         lines += ["", *difference_lines(frame, columns)]
     lines += ["", *finding_lines(frame, columns)]
+    if config.get("training"):
+        lines += ["", *training_lines(config["training"])]
     return "\n".join(lines) + "\n"
+
+
+def training_record(method: str, seed: int, ebm_weight: float, history: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Summarise one run's training curve: first-epoch, highest and final CE, and final training accuracy."""
+    ce = [epoch["ce"] for epoch in history]
+    return {
+        "method": method, "seed": seed, "ebm_weight": ebm_weight, "first_ce": ce[0], "max_ce": max(ce),
+        "final_ce": ce[-1], "final_acc": history[-1]["acc"],
+    }
+
+
+def training_lines(training: Sequence[dict[str, Any]]) -> list[str]:
+    """Render the training curves of the main runs and name the runs whose training CE ended above its start."""
+    lines = [
+        "## Training",
+        "",
+        "Training cross-entropy on the K-shot set: mean over the first epoch (warm-up learning rate), highest "
+        "epoch mean, and last epoch mean.",
+        "",
+        "| method | seed | first CE | highest CE | final CE | final train acc (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in training:
+        lines.append(
+            f"| {METHOD_LABELS[run['method']]} | {run['seed']} | {run['first_ce']:.3f} | {run['max_ce']:.3f} | "
+            f"{run['final_ce']:.3f} | {100 * run['final_acc']:.1f} |"
+        )
+    failed = [run for run in training if run["final_ce"] > run["first_ce"]]
+    lines.append("")
+    if failed:
+        names = ", ".join(f"{METHOD_LABELS[run['method']]} seed {run['seed']}" for run in failed)
+        these = "this run weighs" if len(failed) == 1 else "these runs weigh"
+        lines.append(
+            f"Training did not converge for {names}: the final training CE is above the first epoch's, so {these} "
+            "on every mean and paired difference above."
+        )
+    else:
+        lines.append("Every run ended with a lower training CE than its first epoch.")
+    return lines
 
 
 def finding_lines(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
@@ -336,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     zero_shot = build_zero_shot_classifier(bundle, class_names, DEMO_TEMPLATES)
     delta_options = {"top_c": args.top_c, "crop_value": args.crop_value}
-    tables = []
+    tables, training = [], []
     for seed in args.seeds:
         tables.append(
             evaluate_model(zero_shot, splits, bundle=bundle, method="zeroshot", seed=seed, delta_energy_options=delta_options)
@@ -354,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 evaluate_model(result.prompt_learner, splits, bundle=bundle, method=method, seed=seed,
                                delta_energy_options=delta_options)
             )
+            training.append(training_record(method, seed, weight, result.history))
             logger.info("%s seed %d: final train ce %.4f, acc %.3f", method, seed, result.history[-1]["ce"], result.history[-1]["acc"])
 
     runs = pd.concat(tables, ignore_index=True)
@@ -367,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "loss_temperature": 1.0 / bundle.logit_scale, "score_temperatures": temperatures,
         "max_images": args.max_images, "splits": split_names, "metric_positive": "id",
         "train_settings": vars(train_config(args, "coop_ebm", 0, ebm_weight)),
+        "training": training,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     save_results(runs, out / "finetune_runs")

@@ -174,7 +174,7 @@ def summary_markdown(runs: pd.DataFrame, settings: dict[str, Any]) -> str:
         f"Estimators: top-{settings['k']} eigenvalues and spectral difference by Lanczos with at most "
         f"{settings['iters']} HVPs each, {settings['probes']} Rademacher probes for trace, Frobenius norms and "
         f"cosine, HVPs reverse-over-reverse under the math attention backend. Seeds {settings['seeds']}. "
-        f"Run time {settings['seconds']:.0f} s.",
+        f"Run time {settings['seconds']:.0f} s{_reuse_note(settings)}.",
         "",
         "## Mean over shifted domains, mean ± std over seeds",
         "",
@@ -301,6 +301,17 @@ def _settings_key(args: argparse.Namespace, names: Sequence[str], learner: torch
     return hashlib.sha256(content.encode()).hexdigest()[:12]
 
 
+def _reuse_note(settings: dict[str, Any]) -> str:
+    """Return the run-time remark on (method, seed) parts taken from an earlier run, or an empty string."""
+    reused = settings.get("reused_parts", 0)
+    if not reused:
+        return ""
+    return (
+        f", with {reused} of {settings['parts']} (method, seed) parts reused from an earlier run with the same "
+        "settings, whose compute time is not included"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Compute the Hessian table for every method and seed; write tables, summary and plot."""
     args = build_parser().parse_args(argv)
@@ -317,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     names = [REFERENCE] + (args.domains or shifted)
     domains = {name: split_features(bundle, name, args.max_images) for name in names}
 
-    tables, n_ctx = [], {}
+    tables, n_ctx, reused = [], {}, 0
     for seed in args.seeds:
         for method in args.methods:
             if method == "zeroshot" and seed != args.seeds[0]:
@@ -328,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             if part.is_file():
                 logger.info("reusing %s", part)
                 tables.append(pd.read_csv(part))
+                reused += 1
                 continue
             step = time.perf_counter()
             table = compare_domains(learner, domains, temperature, args, seed)
@@ -347,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         "dim": sorted(set(runs.dim.tolist())), "n_ctx_by_method": n_ctx, "num_domains": len(names) - 1,
         "k": args.k, "iters": args.iters, "probes": args.probes, "seeds": args.seeds,
         "hvp_mode": "reverse-over-reverse", "attention_backend": "math", "max_images": args.max_images,
-        "seconds": time.perf_counter() - started,
+        "seconds": time.perf_counter() - started, "parts": len(tables), "reused_parts": reused,
         "spearman": {
             method: spearman(runs if method == "all" else runs[runs.method == method])
             for method in ["all", *args.methods]

@@ -91,6 +91,27 @@ def test_finetune_summary_tables(finetune_run):
     assert "ID is the positive class" in markdown
     assert f"λ = {config['ebm_weight']:g}" in markdown
     assert "CoOp+EBM − CoOp, paired by seed (n = 2)" in markdown
+    assert "## Training" in markdown
+
+
+def test_finetune_records_training_curves(finetune_run):
+    _, _, config = finetune_run
+    runs = {(run["method"], run["seed"]) for run in config["training"]}
+    assert runs == {(method, seed) for method in ("coop", "coop_ebm") for seed in (1, 2)}
+    for run in config["training"]:
+        assert run["max_ce"] >= max(run["first_ce"], run["final_ce"])
+        assert 0.0 <= run["final_acc"] <= 1.0
+
+
+def test_training_lines_name_diverged_runs():
+    module = _load_script("finetune_table")
+    history_ok = [{"ce": 0.9, "acc": 0.5}, {"ce": 0.1, "acc": 1.0}]
+    history_bad = [{"ce": 0.8, "acc": 0.7}, {"ce": 1.7, "acc": 0.4}, {"ce": 1.2, "acc": 0.4}]
+    training = [module.training_record("coop", 3, 0.0, history_bad), module.training_record("coop_ebm", 3, 1.0, history_ok)]
+    text = "\n".join(module.training_lines(training))
+    assert "did not converge for CoOp seed 3:" in text
+    assert "CoOp+EBM seed 3" not in text
+    assert "| CoOp | 3 | 0.800 | 1.700 | 1.200 | 40.0 |" in text
 
 
 def test_hessian_table_smoke(finetune_run, tmp_path, monkeypatch):
