@@ -199,11 +199,38 @@ def test_committed_model_zero_shot_accuracy():
     assert accuracy(classifier.similarities(features), labels) >= 0.85
 
 
+def _committed_record(kind: str) -> dict:
+    path = demo_checkpoint_path().with_name(f"{DEMO_MODEL_NAME}.{kind}.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_committed_records_match_checkpoint():
+    import hashlib
+
+    sha256 = hashlib.sha256(demo_checkpoint_path().read_bytes()).hexdigest()
+    assert _committed_record("training")["sha256"] == sha256
+    assert _committed_record("evaluation")["weights_id"] == f"sha256:{sha256}"
+    card = demo_checkpoint_path().with_name("MODEL_CARD.md").read_text(encoding="utf-8")
+    assert sha256 in card
+
+
+def test_machine_description_blames_load_only_above_own_threads():
+    machine = {"processor": "x86_64", "cpu_count": 2, "torch_threads": 2, "device": "cpu"}
+    quiet = demo._describe_machine({**machine, "load_average_start": 0.3, "load_average_end": 2.1})
+    busy = demo._describe_machine({**machine, "load_average_start": 0.3, "load_average_end": 4.0})
+    assert "other jobs" not in quiet
+    assert "other jobs shared the CPU" in busy
+
+
 @pytest.mark.slow
 def test_evaluate_reports_model_card_numbers():
     results = demo.evaluate_demo_model()
+    recorded = _committed_record("evaluation")
 
     assert results["id_test_accuracy"] >= 0.9
+    assert results["id_test_accuracy"] == pytest.approx(recorded["id_test_accuracy"], abs=1e-9)
     assert results["id_test_accuracy_tensor_path"] == pytest.approx(results["id_test_accuracy"], abs=1e-3)
-    for name in ("MSP", "Energy", "ΔEnergy (c=1, a=0)"):
-        assert 0.5 < results["ood"]["ood_near"][name]["auroc"] <= 1.0
+    assert set(results["ood"]) == {"ood_near", "ood_far", "ood_clipart"}
+    for split, numbers in results["ood"].items():
+        for name in ("MSP", "Energy", "ΔEnergy (c=1, a=0)"):
+            assert numbers[name]["auroc"] == pytest.approx(recorded["ood"][split][name]["auroc"], abs=1e-6), (split, name)
