@@ -667,7 +667,8 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "",
         "## Training",
         "",
-        f"- Command: `{training['command']}`",
+        f"- Command: `{training['command']}`. Without `--out` it overwrites the committed `dsenergy-demo.pt` and",
+        "  `dsenergy-demo.training.json` in `data/models/`; pass `--out PATH` to keep them.",
         f"- Seed: {training['seed']}; {_plural(training['config']['epochs'], 'epoch')}, batch {training['config']['batch_size']}, "
         f"AdamW (lr {training['config']['learning_rate']}, weight decay {training['config']['weight_decay']}), "
         f"{training['config']['warmup_steps']} warm-up steps then cosine decay.",
@@ -678,7 +679,8 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         f"{training['config']['captions_per_class']} templates per class.",
         "- Loss: symmetric contrastive loss between the batch images and the class captions, with every",
         "  caption of an image's class as its target, so two same-class images are never negatives of each other.",
-        f"- Epoch losses: {losses}. Final logit scale {training['logit_scale']:.2f}.",
+        f"- Epoch losses: {losses}. Final logit scale {training['logit_scale']:.2f} in fp32, "
+        f"{evaluation['logit_scale']:.2f} after storage in fp16.",
         f"- Wall time: {training['wall_time_s']:.0f} s including preprocessing, on {_describe_machine(training['machine'])}.",
         f"- Versions: Python {training['versions']['python']}, torch {training['versions']['torch']}, "
         f"open_clip {training['versions']['open_clip']}.",
@@ -691,7 +693,8 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "",
         "## Evaluation",
         "",
-        "Produced by `python -m dsenergy.demo evaluate`. Zero-shot classification over the six ID classes",
+        "Produced by `python -m dsenergy.demo evaluate`, which writes these numbers to",
+        "`dsenergy-demo.evaluation.json` beside the checkpoint. Zero-shot classification over the six ID classes",
         f"with the {evaluation['templates']} training templates averaged per class; temperature",
         f"τ = 1 / logit_scale = {evaluation['temperature']:.5f}. OOD metrics treat ID as positive",
         "(FPR95 = fraction of OOD images accepted when 95 % of ID images are kept).",
@@ -746,6 +749,11 @@ def _run_evaluation(args: argparse.Namespace) -> None:
     results = evaluate_demo_model(checkpoint)
     record_path = checkpoint.with_name(checkpoint.stem + ".evaluation.json")
     record_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for split, numbers in results["ood"].items():
+        logger.info(
+            "%s (%d images): AUROC %s", split, numbers["images"],
+            ", ".join(f"{name} {metrics['auroc']:.4f}" for name, metrics in numbers.items() if name != "images"),
+        )
     logger.info("Wrote %s", record_path)
 
     if args.card:

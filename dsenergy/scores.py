@@ -49,6 +49,7 @@ __all__ = [
     "SCORE_DEFAULT_TEMPERATURES",
     "TEMPERATURE_FREE_SCORES",
     "score_temperature",
+    "reported_temperature",
     "compute_score",
 ]
 
@@ -257,6 +258,13 @@ def score_temperature(name: str, model_temperature: float, override: float | Non
     if override is not None:
         return _check_temperature(override)
     return float(SCORE_DEFAULT_TEMPERATURES.get(name, model_temperature))
+
+
+def reported_temperature(name: str, model_temperature: float, override: float | None = None) -> float | None:
+    """Return the τ a result table names for score ``name``: ``None`` for scores that use no τ."""
+    if name in TEMPERATURE_FREE_SCORES:
+        return None
+    return score_temperature(name, model_temperature, override)
 
 
 def compute_score(

@@ -538,7 +538,7 @@ for method, method_runs in runs.items():
                          "fpr95": viz.mean_std(selected[selected.metric == "fpr95"]["value"]),
                          "auroc_mean": interval["value"], "auroc_low": interval["low"], "auroc_high": interval["high"]})
 detection = pd.DataFrame(rows)
-taus = {name: scores.score_temperature(name, bench.temperature, temperature) for name in detection_scores}
+taus = {name: scores.reported_temperature(name, bench.temperature, temperature) for name in detection_scores}
 caption = viz.table_caption(positive, taus) + f" Intervals: {confidence:.0%} bootstrap over test images, {n_bootstrap} resamples."
 records.record("detection", detection, unit=caption)
 display(Markdown(caption))

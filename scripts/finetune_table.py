@@ -123,6 +123,23 @@ def validation_indices(labels: np.ndarray, exclude: np.ndarray, per_class: int, 
     return np.sort(np.concatenate(chosen))
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject out-of-range options before any model is loaded, naming the option and the allowed range."""
+    at_least_one = {"--shots": args.shots, "--epochs": args.epochs, "--n-ctx": args.n_ctx,
+                    "--val-per-class": args.val_per_class, "--top-c": args.top_c}
+    if args.max_images is not None:
+        at_least_one["--max-images"] = args.max_images
+    for option, value in at_least_one.items():
+        if value < 1:
+            parser.error(f"{option} must be at least 1, got {value}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.ebm_weight is not None and args.ebm_weight < 0:
+        parser.error(f"--ebm-weight must be at least 0, got {args.ebm_weight}")
+    if any(weight < 0 for weight in args.sweep_weights):
+        parser.error(f"--sweep-weights must all be at least 0, got {args.sweep_weights}")
+
+
 def train_config(args: argparse.Namespace, method: str, seed: int, ebm_weight: float) -> TrainConfig:
     """Return the training settings of one run."""
     return TrainConfig(
@@ -206,8 +223,21 @@ def per_seed_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mean_std(values: pd.Series) -> str:
-    std = values.std() if len(values) > 1 else 0.0
-    return f"{values.mean():.1f} ± {std:.1f}"
+    # One seed has no spread, so only the value is shown.
+    if len(values) < 2:
+        return f"{values.mean():.1f}"
+    return f"{values.mean():.1f} ± {values.std():.1f}"
+
+
+def _size_note(config: dict[str, Any]) -> list[str]:
+    """Return a warning paragraph for a reduced run (--max-images), or nothing for a full one."""
+    if not config.get("max_images"):
+        return []
+    return [
+        f"**Reduced run:** at most {config['max_images']} images per split (`--max-images`), so these numbers "
+        "are a smoke check and not comparable with full-size tables.",
+        "",
+    ]
 
 
 def summary_markdown(runs: pd.DataFrame, config: dict[str, Any]) -> str:
@@ -226,6 +256,7 @@ def summary_markdown(runs: pd.DataFrame, config: dict[str, Any]) -> str:
         f"(1 / the model's logit scale). Zero-shot averages {len(DEMO_TEMPLATES)} caption templates. "
         "Values are mean ± sample standard deviation over seeds, in percent.",
         "",
+        *_size_note(config),
         "Metric convention: ID is the positive class; FPR95 is the fraction of OOD images accepted when 95 % "
         "of ID images are kept. Covariate accuracy is the mean over all covariate splits. Score temperatures "
         "τ: " + ", ".join(f"{SCORE_LABELS[s]} {taus[s]:.4g}" for s in SUMMARY_SCORES)
@@ -275,9 +306,9 @@ def training_lines(training: Sequence[dict[str, Any]]) -> list[str]:
     lines.append("")
     if failed:
         names = ", ".join(f"{METHOD_LABELS[run['method']]} seed {run['seed']}" for run in failed)
-        these = "this run weighs" if len(failed) == 1 else "these runs weigh"
+        subject = "this run weighs" if len(failed) == 1 else "these runs weigh"
         lines.append(
-            f"Training did not converge for {names}: the final training CE is above the first epoch's, so {these} "
+            f"Training did not converge for {names}: the final training CE is above the first epoch's, so {subject} "
             "on every mean and paired difference above."
         )
     else:
@@ -343,14 +374,20 @@ def difference_lines(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     for column in columns:
         difference = 100 * (ebm.loc[seeds, column] - coop.loc[seeds, column])
         same_sign = bool((difference > 0).all() or (difference < 0).all())
+        if len(seeds) < 2:
+            agreement = "n/a (one seed)"
+        else:
+            agreement = "yes" if same_sign else "no"
         per_seed = ", ".join(f"{value:+.2f}" for value in difference)
-        lines.append(f"| {column} | {_mean_std(difference)} | {per_seed} | {'yes' if same_sign else 'no'} |")
+        lines.append(f"| {column} | {_mean_std(difference)} | {per_seed} | {agreement} |")
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the sweep and the main table; return the recorded configuration."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -222,9 +222,15 @@ def test_missing_source_names_debian_package(tmp_path):
         check_clipart_source(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="openclipart-png"):
         build_fashion_open(tmp_path / "no-fashion-mnist", tmp_path / "out", clipart_source=tmp_path)
-    with pytest.raises(FileNotFoundError, match="openclipart-png"):
-        main(["--source", str(tmp_path), "--clipart-source", str(tmp_path / "absent"), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "out").exists()
+
+
+def test_builder_command_reports_missing_source(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["--source", str(tmp_path), "--clipart-source", str(tmp_path / "absent"), "--out", str(tmp_path / "o")])
+    assert raised.value.code == 2
+    assert "openclipart-png" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_committed_split_counts_per_category():

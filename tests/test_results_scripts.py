@@ -150,3 +150,19 @@ def test_hessian_rejects_other_weights(finetune_run):
     class_names = ["a", "b", "c", "d", "e", "f"]
     with pytest.raises(ValueError, match="trained on model weights"):
         module.prompt_learner("coop", 1, other, class_names, finetune_out / "prompts")
+
+
+@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--lr", "-1"), ("--shots", "0"), ("--max-images", "0")])
+def test_finetune_rejects_bad_option(option, value, capsys):
+    module = _load_script("finetune_table")
+    with pytest.raises(SystemExit) as raised:
+        module.main([option, value])
+    assert raised.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_single_seed_summary_shows_no_spread():
+    module = _load_script("finetune_table")
+    frame = pd.DataFrame({"method": ["coop", "coop_ebm"], "seed": [1, 1], "ID acc": [0.9, 0.95]})
+    lines = module.difference_lines(frame, ["ID acc"])
+    assert lines[-1] == "| ID acc | 5.0 | +5.00 | n/a (one seed) |"

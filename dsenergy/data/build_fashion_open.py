@@ -199,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/fashion-open"), help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build_fashion_open(args.source, args.out, clipart_source=args.clipart_source)
+    try:
+        build_fashion_open(args.source, args.out, clipart_source=args.clipart_source)
+    except FileNotFoundError as error:
+        # A missing source folder is a usage error: show the message, not a traceback.
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":
