@@ -204,6 +204,10 @@ def test_builder_reproduces_committed_subset(tmp_path):
         # Byte equality also needs the same zlib; the content hash above is the contract.
         assert manifest["splits"][split]["file_sha256"] == entry["file_sha256"], split
     assert manifest["covariate"] == committed["covariate"]
+    licences = sorted(COMMITTED.glob("LICENSE-*.txt"))
+    assert licences
+    for licence in licences:
+        assert (tmp_path / "fashion-open" / licence.name).read_bytes() == licence.read_bytes()
 
 
 @needs_debian

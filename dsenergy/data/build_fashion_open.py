@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import PIL
 import scipy
 
+from dsenergy._paths import data_dir
 from dsenergy.data._arrays import array_sha256, write_npz
 from dsenergy.data.clipart import (
     DEBIAN_OPENCLIPART_DIR,
@@ -182,7 +184,22 @@ def build_fashion_open(
         json.dump(manifest, handle, indent=2, sort_keys=True)
         handle.write("\n")
     logger.info("Wrote %s", out / MANIFEST_NAME)
+    _copy_licences(out)
     return manifest
+
+
+def _copy_licences(out: Path) -> None:
+    """Copy the source licence files of the committed fashion-open folder into ``out``, so it is complete."""
+    committed = data_dir() / "fashion-open"
+    if committed.resolve() == out.resolve():
+        return
+    licences = sorted(committed.glob("LICENSE-*.txt"))
+    if not licences:
+        logger.warning("No LICENSE-*.txt files found in %s; add the source licences to %s by hand", committed, out)
+        return
+    for path in licences:
+        shutil.copyfile(path, out / path.name)
+    logger.info("Copied %d licence files to %s", len(licences), out)
 
 
 def main(argv: list[str] | None = None) -> None:
