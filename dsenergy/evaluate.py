@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from dsenergy.metrics import evaluate_ood
 from dsenergy.prompts import PromptLearner
-from dsenergy.scores import TEMPERATURE_FREE_SCORES, compute_score, score_temperature
+from dsenergy.scores import compute_score, reported_temperature, score_temperature
 
 __all__ = [
     "DEFAULT_SCORES",
@@ -191,12 +191,13 @@ def evaluate_model(
         for score in scores:
             extra = options if score == "delta_energy" else {}
             id_scores = compute_score(score, similarities[id_name], model_temperature, taus[score], **extra)
+            shown_temperature = reported_temperature(score, model_temperature, taus[score])
             for ood_name in ood_names:
                 ood_scores = compute_score(score, similarities[ood_name], model_temperature, taus[score], **extra)
                 metrics = evaluate_ood(id_scores.cpu().numpy(), ood_scores.cpu().numpy(), positive=positive)
                 for metric in OOD_METRICS:
                     rows.append(
-                        _row(identity, ood_name, "ood", score, _reported_temperature(score, taus), metric, float(metrics[metric]),
+                        _row(identity, ood_name, "ood", score, shown_temperature, metric, float(metrics[metric]),
                              positive, n_id, len(ood_scores))
                     )
 
@@ -212,11 +213,6 @@ def _similarities(similarity: SimilarityFn, features: torch.Tensor, batch_size: 
     with torch.no_grad():
         parts = [similarity(features[start : start + batch_size]).float() for start in range(0, len(features), batch_size)]
     return torch.cat(parts) if parts else torch.empty(0, 0)
-
-
-def _reported_temperature(score: str, taus: dict[str, float]) -> float | None:
-    """Return the τ a table shows for ``score``: None for scores that use no temperature."""
-    return None if score in TEMPERATURE_FREE_SCORES else taus[score]
 
 
 def _row(identity, split, role, score, temperature, metric, value, positive, n_id, n_split) -> dict[str, Any]:

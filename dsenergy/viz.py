@@ -29,6 +29,7 @@ __all__ = [
     "consistency_gain",
     "detection_table",
     "headline_metrics",
+    "headline_row",
     "mean_std",
     "paired_bootstrap",
     "per_image_scores",
@@ -491,7 +492,7 @@ def compute_scores(
         else:
             tau = scores.score_temperature(name, model_temperature, temperature)
             values[name] = scores.SCORES[name](similarities, tau)
-        taus[name] = None if name == "max_cosine" else tau
+        taus[name] = None if name in scores.TEMPERATURE_FREE_SCORES else tau
     return values, taus
 
 
@@ -745,6 +746,13 @@ def headline_metrics(table: Any, score: str = "delta_energy") -> dict[str, Any]:
         "auroc": detection[detection.metric == "auroc"].set_index("split")["value"].to_dict(),
         "fpr95": detection[detection.metric == "fpr95"].set_index("split")["value"].to_dict(),
     }
+
+
+def headline_row(headline: Mapping[str, Any]) -> dict[str, float]:
+    """Flatten :func:`headline_metrics` into one table row: both accuracies and an ``auroc_<split>`` column per split."""
+    row = {"id_accuracy": headline["id_accuracy"], "covariate_accuracy": headline["covariate_accuracy"]}
+    row.update({f"auroc_{split}": auroc for split, auroc in headline["auroc"].items()})
+    return row
 
 
 def per_image_scores(

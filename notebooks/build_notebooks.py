@@ -449,8 +449,7 @@ curves are noisy, so read the trend, not single points.""",
 for weight in ebm_weights:
     run = bench.train("coop_ebm", shots, seed, ebm_weight=weight, **training)
     values = viz.headline_metrics(evaluate.evaluate_model(run.prompt_learner, test, method="coop_ebm", seed=seed, **evaluation))
-    rows.append({"ebm_weight": weight, "id_accuracy": values["id_accuracy"], "covariate_accuracy": values["covariate_accuracy"],
-                 **{f"auroc_{split}": auroc for split, auroc in values["auroc"].items()}})
+    rows.append({"ebm_weight": weight, **viz.headline_row(values)})
 lambda_sweep = pd.DataFrame(rows)
 records.record("sweep_ebm_weight", lambda_sweep, unit="accuracy; AUROC of ΔE, ID positive")
 long = lambda_sweep.melt(id_vars="ebm_weight", var_name="metric", value_name="value")
@@ -467,8 +466,7 @@ for count in top_c_values:
     run = bench.train("coop_ebm", shots, seed, ebm_weight=ebm_weight, **settings)
     options = {**evaluation, "delta_energy_options": {"top_c": count, "crop_value": crop_value}}
     values = viz.headline_metrics(evaluate.evaluate_model(run.prompt_learner, test, method="coop_ebm", seed=seed, **options))
-    rows.append({"top_c": count, "id_accuracy": values["id_accuracy"], "covariate_accuracy": values["covariate_accuracy"],
-                 **{f"auroc_{split}": auroc for split, auroc in values["auroc"].items()}})
+    rows.append({"top_c": count, **viz.headline_row(values)})
 c_sweep = pd.DataFrame(rows)
 records.record("sweep_top_c", c_sweep, unit="accuracy; AUROC of ΔE, ID positive")
 long = c_sweep.melt(id_vars="top_c", var_name="metric", value_name="value")

@@ -265,3 +265,15 @@ def test_explorer_without_widgets_computes_the_same():
     assert headless.settings["temperature"] == pytest.approx(0.05)
     with pytest.raises(RuntimeError, match="widgets=False"):
         headless._ipython_display_()
+
+
+def test_headline_row_flattens_aurocs():
+    table = pd.DataFrame({
+        "split": ["id_test", "covariate/noise/1", "ood_near", "ood_far"],
+        "split_role": ["id", "covariate", "ood", "ood"],
+        "score": [None, None, "delta_energy", "delta_energy"],
+        "metric": ["accuracy", "accuracy", "auroc", "auroc"],
+        "value": [0.9, 0.6, 0.8, 0.7],
+    })
+    row = viz.headline_row(viz.headline_metrics(table))
+    assert row == {"id_accuracy": 0.9, "covariate_accuracy": 0.6, "auroc_ood_near": 0.8, "auroc_ood_far": 0.7}

@@ -119,8 +119,8 @@ def list_clipart(root: str | Path, category: str) -> tuple[list[str], int]:
         for path in (root / category).rglob("*.png")
         if path.is_file() and not path.is_symlink()
     )
-    kept = [path for path in paths if not is_clothing_path(path)]
-    return kept, len(paths) - len(kept)
+    allowed = [path for path in paths if not is_clothing_path(path)]
+    return allowed, len(paths) - len(allowed)
 
 
 def _to_grey_on_white(image: Image.Image) -> Image.Image:
@@ -194,8 +194,8 @@ def draw_clipart(
 
     For category index c, a generator seeded with ``[seed, stream, c]`` permutes the sorted file list.
     Files are rendered in that order until ``per_category`` of them render, so a skipped file is
-    replaced by the next one. The result is sorted by (category, path). ``subset`` draws only the named categories,
-    with the same labels and generators as in the full draw.
+    replaced by the next one. The result is sorted by (category, path). ``subset`` draws only the named
+    categories, with the same labels and generators as in the full draw.
     """
     unknown = sorted(set(subset or ()) - set(categories))
     if unknown:
