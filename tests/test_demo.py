@@ -214,7 +214,7 @@ def test_committed_records_match_checkpoint():
     assert sha256 in card
 
 
-def test_machine_description_blames_load_only_above_own_threads():
+def test_machine_description_load_remark():
     machine = {"processor": "x86_64", "cpu_count": 2, "torch_threads": 2, "device": "cpu"}
     quiet = demo._describe_machine({**machine, "load_average_start": 0.3, "load_average_end": 2.1})
     busy = demo._describe_machine({**machine, "load_average_start": 0.3, "load_average_end": 4.0})

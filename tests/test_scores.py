@@ -180,7 +180,7 @@ def test_feature_mask_rejects_mismatched_dimensions():
         scores.delta_energy_feature_mask(torch.randn(2, 4), torch.randn(3, 4), 0.01, mask_fraction=1.0)
 
 
-def test_reported_temperature_is_none_for_max_cosine():
+def test_reported_temperature_skips_max_cosine():
     assert scores.reported_temperature("max_cosine", 0.07) is None
     assert scores.reported_temperature("energy", 0.07) == 0.07
     assert scores.reported_temperature("mcm", 0.07) == scores.SCORE_DEFAULT_TEMPERATURES["mcm"]
