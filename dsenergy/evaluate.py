@@ -22,13 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dsenergy.metrics import evaluate_ood
+from dsenergy.metrics import auroc, evaluate_ood, paired_bootstrap
 from dsenergy.prompts import PromptLearner
-from dsenergy.scores import compute_score, reported_temperature, score_temperature
+from dsenergy.scores import (
+    SCORES,
+    TEMPERATURE_FREE_SCORES,
+    compute_score,
+    delta_energy,
+    delta_energy_feature_mask,
+    reported_temperature,
+    score_temperature,
+)
 
 __all__ = [
     "DEFAULT_SCORES",
@@ -40,6 +49,13 @@ __all__ = [
     "evaluate_model",
     "save_results",
     "summarize_over_seeds",
+    "compute_scores",
+    "detection_table",
+    "headline_metrics",
+    "headline_row",
+    "per_image_scores",
+    "auroc_ci",
+    "accuracy_ci",
 ]
 
 logger = logging.getLogger(__name__)
@@ -262,3 +278,157 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def compute_scores(
+    names: Sequence[str],
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    model_temperature: float,
+    temperature: float | None = None,
+    top_c: int = 1,
+    crop_value: float = 0.0,
+    mask_fraction: float = 0.1,
+) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:
+    """Compute each named score on normalised image features; returns (scores, τ used per score, None for max cosine).
+
+    Names come from :data:`dsenergy.scores.SCORES`, plus ``delta_energy_feature_mask``. Each score
+    uses ``temperature`` when given, else its own default τ, else the model's τ.
+    """
+    text = torch.nn.functional.normalize(text_features.float(), dim=1)
+    similarities = torch.nn.functional.normalize(image_features.float(), dim=1) @ text.T
+    values: dict[str, torch.Tensor] = {}
+    taus: dict[str, float | None] = {}
+    for name in names:
+        if name == "delta_energy_feature_mask":
+            tau = float(temperature) if temperature is not None else float(model_temperature)
+            values[name] = delta_energy_feature_mask(image_features, text, tau, mask_fraction=mask_fraction)
+        elif name == "delta_energy":
+            tau = score_temperature(name, model_temperature, temperature)
+            values[name] = delta_energy(similarities, tau, top_c=top_c, crop_value=crop_value)
+        else:
+            tau = score_temperature(name, model_temperature, temperature)
+            values[name] = SCORES[name](similarities, tau)
+        taus[name] = None if name in TEMPERATURE_FREE_SCORES else tau
+    return values, taus
+
+def detection_table(
+    id_scores: Mapping[str, Any],
+    ood_scores: Mapping[str, Mapping[str, Any]],
+    temperatures: Mapping[str, float],
+    positive: str = "id",
+) -> Any:
+    """Return a DataFrame with one row per (OOD split, score): AUROC, FPR95, AUPR-In, AUPR-Out, τ, convention.
+
+    ``ood_scores`` maps split name -> score name -> values; ``id_scores`` maps score name -> values.
+    """
+    rows = []
+    for split, per_score in ood_scores.items():
+        for name, values in per_score.items():
+            result = evaluate_ood(id_scores[name], values, positive=positive)
+            rows.append({
+                "ood_split": split, "score": name, "temperature": temperatures[name],
+                "auroc": result["auroc"], "fpr95": result["fpr95"],
+                "aupr_in": result["aupr_in"], "aupr_out": result["aupr_out"],
+                "positive": positive, "n_id": result["n_id"], "n_ood": result["n_ood"],
+            })
+    return pd.DataFrame(rows)
+
+def headline_metrics(table: Any, score: str = "delta_energy") -> dict[str, Any]:
+    """Condense an ``evaluate.evaluate_model`` table: ID accuracy, mean covariate accuracy, AUROC/FPR95 of ``score``."""
+    accuracy = table[table.metric == "accuracy"]
+    detection = table[(table.score == score) & (table.split_role == "ood")]
+    covariate = accuracy[accuracy.split_role == "covariate"]["value"]
+    return {
+        "id_accuracy": float(accuracy[accuracy.split_role == "id"]["value"].mean()),
+        "covariate_accuracy": float(covariate.mean()) if len(covariate) else float("nan"),
+        "auroc": detection[detection.metric == "auroc"].set_index("split")["value"].to_dict(),
+        "fpr95": detection[detection.metric == "fpr95"].set_index("split")["value"].to_dict(),
+    }
+
+def headline_row(headline: Mapping[str, Any]) -> dict[str, float]:
+    """Flatten :func:`headline_metrics` into one table row: both accuracies and an ``auroc_<split>`` column per split."""
+    row = {"id_accuracy": headline["id_accuracy"], "covariate_accuracy": headline["covariate_accuracy"]}
+    row.update({f"auroc_{split}": auroc for split, auroc in headline["auroc"].items()})
+    return row
+
+def per_image_scores(
+    model: Any,
+    test: Mapping[str, Any],
+    score_names: Sequence[str],
+    model_temperature: float,
+    temperature: float | None = None,
+    top_c: int = 1,
+    crop_value: float = 0.0,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Return ``{"scores": {split: {score: values}}, "correct": {split: 0/1 per image}}`` for one model.
+
+    ``model`` and ``test`` are as for ``evaluate.evaluate_model``; OOD splits get scores only,
+    labelled splits get scores and per-image correctness of the top-1 prediction.
+    """
+    similarity = similarity_function(model)
+    result: dict[str, dict[str, Any]] = {"scores": {}, "correct": {}}
+    for split, value in test.items():
+        features, labels = (value, None) if isinstance(value, torch.Tensor) else value
+        with torch.no_grad():
+            sims = similarity(features).float().cpu()
+        result["scores"][split] = {}
+        for name in score_names:
+            options = {"top_c": top_c, "crop_value": crop_value} if name == "delta_energy" else {}
+            values = compute_score(name, sims, model_temperature, temperature, **options)
+            result["scores"][split][name] = values.detach().to("cpu", torch.float64).numpy()
+        if labels is not None and not split.startswith("ood"):
+            result["correct"][split] = (sims.argmax(dim=1) == labels).numpy().astype(np.float64)
+    return result
+
+def auroc_ci(
+    runs: Sequence[Mapping[str, Any]],
+    score: str,
+    ood_split: str,
+    baseline_runs: Sequence[Mapping[str, Any]] | None = None,
+    baseline_score: str | None = None,
+    id_split: str = "id_test",
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Bootstrap interval of the seed-mean AUROC (ID positive), or of its gain over a baseline.
+
+    ``runs`` contains one :func:`per_image_scores` result per seed, all on the same test images. ID and
+    OOD images are resampled with replacement; every seed and the baseline see the same resample,
+    so the gain is a paired difference.
+    """
+    def seed_mean(selected_runs: Sequence[Mapping[str, Any]], name: str, id_index: np.ndarray, ood_index: np.ndarray) -> float:
+        return float(np.mean([auroc(run["scores"][id_split][name][id_index],
+                                            run["scores"][ood_split][name][ood_index]) for run in selected_runs]))
+
+    def statistic(id_index: np.ndarray, ood_index: np.ndarray) -> float:
+        value = seed_mean(runs, score, id_index, ood_index)
+        if baseline_runs is not None:
+            value -= seed_mean(baseline_runs, baseline_score or score, id_index, ood_index)
+        return value
+
+    sizes = (runs[0]["scores"][id_split][score].size, runs[0]["scores"][ood_split][score].size)
+    return paired_bootstrap(statistic, sizes, n_bootstrap, confidence, seed)
+
+def accuracy_ci(
+    runs: Sequence[Mapping[str, Any]],
+    splits: Sequence[str],
+    baseline_runs: Sequence[Mapping[str, Any]] | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Bootstrap interval of the seed-mean accuracy averaged over ``splits``, or of its gain over a baseline."""
+    def seed_mean(selected_runs: Sequence[Mapping[str, Any]], indices: Sequence[np.ndarray]) -> float:
+        return float(np.mean([np.mean([run["correct"][split][index] for split, index in zip(splits, indices)])
+                              for run in selected_runs]))
+
+    def statistic(*indices: np.ndarray) -> float:
+        value = seed_mean(runs, indices)
+        if baseline_runs is not None:
+            value -= seed_mean(baseline_runs, indices)
+        return value
+
+    sizes = [runs[0]["correct"][split].size for split in splits]
+    return paired_bootstrap(statistic, sizes, n_bootstrap, confidence, seed)

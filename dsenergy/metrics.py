@@ -28,6 +28,9 @@ __all__ = [
     "accuracy",
     "evaluate_ood",
     "bootstrap_ci",
+    "paired_bootstrap",
+    "claim_verdict",
+    "rank_agreement",
     "METRICS",
 ]
 
@@ -192,19 +195,65 @@ def bootstrap_ci(
     id_array = _as_scores(id_scores, "id_scores")
     ood_array = _as_scores(ood_scores, "ood_scores")
     metric_fn = METRICS[metric]
+    interval = paired_bootstrap(
+        lambda id_index, ood_index: metric_fn(id_array[id_index], ood_array[ood_index], positive=positive),
+        (id_array.size, ood_array.size), num_resamples, confidence, seed,
+    )
+    return {key: interval[key] for key in ("value", "low", "high", "confidence")} | {"num_resamples": num_resamples}
+
+
+def rank_agreement(first: ArrayLike, second: ArrayLike, chunk: int = 512) -> float:
+    """Return the fraction of sample pairs that two scores order the same way, among pairs both order strictly.
+
+    1.0 means every pair that both scores separate is ordered identically (the scores are monotone
+    functions of each other up to ties); pairs tied under either score are left out.
+    """
+    a, b = _as_scores(first, "first"), _as_scores(second, "second")
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"scores must be one-dimensional and of equal length, got shapes {a.shape} and {b.shape}")
+    concordant = discordant = 0
+    for start in range(0, a.size, chunk):
+        sign_a = np.sign(a[start:start + chunk, None] - a[None, :])
+        sign_b = np.sign(b[start:start + chunk, None] - b[None, :])
+        product = sign_a * sign_b
+        concordant += int((product > 0).sum())
+        discordant += int((product < 0).sum())
+    if concordant + discordant == 0:
+        raise ValueError("no pair of samples is ordered strictly by both scores")
+    return concordant / (concordant + discordant)
+
+def paired_bootstrap(
+    statistic: Callable[..., float],
+    sizes: Sequence[int],
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Return ``statistic`` and a percentile bootstrap interval, resampling each index set with replacement.
+
+    ``statistic(*indices)`` receives one index array per entry of ``sizes`` (e.g. ID and OOD test
+    images) and returns a float; the same resampled indices go to every method compared inside it,
+    so a difference between methods is bootstrapped as a paired quantity.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     rng = np.random.default_rng(seed)
-
-    resampled = np.empty(num_resamples)
-    for i in range(num_resamples):
-        id_sample = id_array[rng.integers(0, id_array.size, id_array.size)]
-        ood_sample = ood_array[rng.integers(0, ood_array.size, ood_array.size)]
-        resampled[i] = metric_fn(id_sample, ood_sample, positive=positive)
-
+    value = float(statistic(*[np.arange(size) for size in sizes]))
+    draws = np.empty(n_bootstrap)
+    for index in range(n_bootstrap):
+        draws[index] = statistic(*[rng.integers(0, size, size) for size in sizes])
     tail = (1.0 - confidence) / 2.0
-    return {
-        "value": metric_fn(id_array, ood_array, positive=positive),
-        "low": float(np.quantile(resampled, tail)),
-        "high": float(np.quantile(resampled, 1.0 - tail)),
-        "confidence": confidence,
-        "num_resamples": num_resamples,
-    }
+    return {"value": value, "low": float(np.quantile(draws, tail)), "high": float(np.quantile(draws, 1.0 - tail)),
+            "confidence": confidence, "n_bootstrap": n_bootstrap}
+
+def claim_verdict(low: float, high: float, threshold: float = 0.0) -> str:
+    """Judge a claim "the gain exceeds ``threshold``" from the confidence interval [low, high] of the gain.
+
+    Returns ``"held"`` when the whole interval lies above the threshold, ``"contradicted"`` when it
+    lies below, and ``"not supported"`` when it contains the threshold.
+    """
+    if low > threshold:
+        return "held"
+    if high < threshold:
+        return "contradicted"
+    return "not supported"

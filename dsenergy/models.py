@@ -40,6 +40,7 @@ __all__ = [
     "image_input_dtype",
     "load_clip",
     "register_model_config",
+    "resolve_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -687,3 +688,17 @@ def _fill_template(template: Template, class_name: str) -> str:
     if callable(template):
         return template(class_name)
     return template.format(class_name, c=class_name)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Return the torch device for ``device``; ``"auto"`` picks CUDA, then MPS, then the CPU.
+
+    Under torchrun, ``"auto"`` picks the GPU of the process's ``LOCAL_RANK``.
+    """
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -677,25 +677,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def main(argv: Sequence[str] | None = None) -> TrainResult:
     """Train on the fashion-open ``id_train`` split (K-shot) with the demo model by default."""
     from dsenergy import demo
     from dsenergy.data import kshot_indices, load_fashion_open
     from dsenergy.features import cached_features
-    from dsenergy.models import load_clip
+    from dsenergy.models import load_clip, resolve_device
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     config = TrainConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(TrainConfig)})
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     distributed = _setup_distributed(device)
 
     try:

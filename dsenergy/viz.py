@@ -1,15 +1,15 @@
-r"""Figures, report tables, the interactive ΔEnergy explorer and the model/data workbench of the notebooks.
+r"""Figures, display names and the interactive ΔEnergy explorer of the notebooks.
 
 Static figures are matplotlib (seaborn for densities), so they render in HTML exports and headless
 runs. :class:`DeltaEnergyExplorer` is the live version for JupyterLab: ipywidgets sliders for
-τ, c, a and ρ drive a plotly ``FigureWidget`` and an AUROC readout. :class:`Workbench` loads the
-model, its zero-shot classifier and the benchmark splits the way every notebook needs them.
+τ, c, a and ρ drive a plotly ``FigureWidget`` and an AUROC readout. The tables and intervals the
+notebooks report come from :mod:`dsenergy.evaluate`, :mod:`dsenergy.metrics` and
+:mod:`dsenergy.hessian`; the model and data they share from :class:`dsenergy.workbench.Workbench`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -20,19 +20,8 @@ from dsenergy import metrics, scores
 __all__ = [
     "DeltaEnergyExplorer",
     "SPLIT_LABELS",
-    "Workbench",
-    "accuracy_ci",
     "as_numpy",
-    "auroc_ci",
-    "claim_verdict",
-    "compute_scores",
-    "consistency_gain",
-    "detection_table",
-    "headline_metrics",
-    "headline_row",
     "mean_std",
-    "paired_bootstrap",
-    "per_image_scores",
     "plot_crop_example",
     "plot_hessian_spectra",
     "plot_msp_relation",
@@ -40,8 +29,6 @@ __all__ = [
     "plot_score_distributions",
     "plot_sweep",
     "plot_training_curves",
-    "rank_agreement",
-    "resolve_device",
     "split_label",
     "table_caption",
 ]
@@ -437,130 +424,8 @@ class DeltaEnergyExplorer:
         display(self.widget)
 
 
-
 # --------------------------------------------------------------------------------------------
-# Report tables
-
-
-def rank_agreement(first: Any, second: Any, chunk: int = 512) -> float:
-    """Return the fraction of sample pairs that two scores order the same way, among pairs both order strictly.
-
-    1.0 means every pair that both scores separate is ordered identically (the scores are monotone
-    functions of each other up to ties); pairs tied under either score are left out.
-    """
-    a, b = as_numpy(first), as_numpy(second)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"scores must be one-dimensional and of equal length, got shapes {a.shape} and {b.shape}")
-    concordant = discordant = 0
-    for start in range(0, a.size, chunk):
-        sign_a = np.sign(a[start:start + chunk, None] - a[None, :])
-        sign_b = np.sign(b[start:start + chunk, None] - b[None, :])
-        product = sign_a * sign_b
-        concordant += int((product > 0).sum())
-        discordant += int((product < 0).sum())
-    if concordant + discordant == 0:
-        raise ValueError("no pair of samples is ordered strictly by both scores")
-    return concordant / (concordant + discordant)
-
-
-def compute_scores(
-    names: Sequence[str],
-    image_features: torch.Tensor,
-    text_features: torch.Tensor,
-    model_temperature: float,
-    temperature: float | None = None,
-    top_c: int = 1,
-    crop_value: float = 0.0,
-    mask_fraction: float = 0.1,
-) -> tuple[dict[str, torch.Tensor], dict[str, float | None]]:
-    """Compute each named score on normalised image features; returns (scores, τ used per score, None for max cosine).
-
-    Names come from :data:`dsenergy.scores.SCORES`, plus ``delta_energy_feature_mask``. Each score
-    uses ``temperature`` when given, else its own default τ, else the model's τ.
-    """
-    text = torch.nn.functional.normalize(text_features.float(), dim=1)
-    similarities = torch.nn.functional.normalize(image_features.float(), dim=1) @ text.T
-    values: dict[str, torch.Tensor] = {}
-    taus: dict[str, float | None] = {}
-    for name in names:
-        if name == "delta_energy_feature_mask":
-            tau = float(temperature) if temperature is not None else float(model_temperature)
-            values[name] = scores.delta_energy_feature_mask(image_features, text, tau, mask_fraction=mask_fraction)
-        elif name == "delta_energy":
-            tau = scores.score_temperature(name, model_temperature, temperature)
-            values[name] = scores.delta_energy(similarities, tau, top_c=top_c, crop_value=crop_value)
-        else:
-            tau = scores.score_temperature(name, model_temperature, temperature)
-            values[name] = scores.SCORES[name](similarities, tau)
-        taus[name] = None if name in scores.TEMPERATURE_FREE_SCORES else tau
-    return values, taus
-
-
-def detection_table(
-    id_scores: Mapping[str, Any],
-    ood_scores: Mapping[str, Mapping[str, Any]],
-    temperatures: Mapping[str, float],
-    positive: str = "id",
-) -> Any:
-    """Return a DataFrame with one row per (OOD split, score): AUROC, FPR95, AUPR-In, AUPR-Out, τ, convention.
-
-    ``ood_scores`` maps split name -> score name -> values; ``id_scores`` maps score name -> values.
-    """
-    import pandas as pd
-
-    rows = []
-    for split, per_score in ood_scores.items():
-        for name, values in per_score.items():
-            result = metrics.evaluate_ood(id_scores[name], values, positive=positive)
-            rows.append({
-                "ood_split": split, "score": name, "temperature": temperatures[name],
-                "auroc": result["auroc"], "fpr95": result["fpr95"],
-                "aupr_in": result["aupr_in"], "aupr_out": result["aupr_out"],
-                "positive": positive, "n_id": result["n_id"], "n_ood": result["n_ood"],
-            })
-    return pd.DataFrame(rows)
-
-
-def paired_bootstrap(
-    statistic: Any,
-    sizes: Sequence[int],
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Return ``statistic`` and a percentile bootstrap interval, resampling each index set with replacement.
-
-    ``statistic(*indices)`` receives one index array per entry of ``sizes`` (e.g. ID and OOD test
-    images) and returns a float; the same resampled indices go to every method compared inside it,
-    so a difference between methods is bootstrapped as a paired quantity.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
-    value = float(statistic(*[np.arange(size) for size in sizes]))
-    draws = np.empty(n_bootstrap)
-    for index in range(n_bootstrap):
-        draws[index] = statistic(*[rng.integers(0, size, size) for size in sizes])
-    tail = (1.0 - confidence) / 2.0
-    return {"value": value, "low": float(np.quantile(draws, tail)), "high": float(np.quantile(draws, 1.0 - tail)),
-            "confidence": confidence, "n_bootstrap": n_bootstrap}
-
-
-def claim_verdict(low: float, high: float, threshold: float = 0.0) -> str:
-    """Judge a claim "the gain exceeds ``threshold``" from the confidence interval [low, high] of the gain.
-
-    Returns ``"held"`` when the whole interval lies above the threshold, ``"contradicted"`` when it
-    lies below, and ``"not supported"`` when it contains the threshold.
-    """
-    if low > threshold:
-        return "held"
-    if high < threshold:
-        return "contradicted"
-    return "not supported"
-
-
-# --------------------------------------------------------------------------------------------
-# Model and benchmark data shared by the notebooks
+# Display names and formatting
 
 #: Display names of the fashion-open splits.
 SPLIT_LABELS: dict[str, str] = {"id_train": "ID train", "id_test": "ID", "ood_near": "near OOD",
@@ -576,271 +441,6 @@ def split_label(split: str) -> str:
     return split
 
 
-def resolve_device(device: str) -> torch.device:
-    """Return the torch device for ``device``; ``"auto"`` picks CUDA, then MPS, then the CPU."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-class Workbench:
-    """The model, its zero-shot classifier and the benchmark splits, as the notebooks use them.
-
-    ``benchmark="fashion-open"`` reads the embedded benchmark (splits ``id_train``, ``id_test``,
-    ``ood_near``, ``ood_far``, ``ood_clipart``, ``covariate/<shift>/<severity>``). ``benchmark="folders"`` reads your
-    images under ``data_root``: ``id_train/<class>/``, ``id_test/<class>/`` and any other split as a
-    path relative to ``data_root``; a split whose path starts with ``ood`` is read as OOD images
-    (label -1, any depth), any other as class folders with the ID class names.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        pretrained: str | None = None,
-        benchmark: str = "fashion-open",
-        data_root: str | None = None,
-        device: str = "auto",
-        batch_size: int = 128,
-    ) -> None:
-        from dsenergy.models import build_zero_shot_classifier, load_clip
-
-        if benchmark not in ("fashion-open", "folders"):
-            raise ValueError(f"benchmark must be 'fashion-open' or 'folders', got {benchmark!r}")
-        if benchmark == "folders" and data_root is None:
-            raise ValueError("benchmark 'folders' needs data_root, the folder holding id_train/ and id_test/")
-        self.benchmark = benchmark
-        self.data_root = data_root
-        self.batch_size = batch_size
-        self._datasets: dict[str, Any] = {}
-        self.device = resolve_device(device)
-        self.bundle = load_clip(model, pretrained, device=self.device)
-        self.class_names = self._class_names()
-        self.classifier = build_zero_shot_classifier(self.bundle, self.class_names, self._templates())
-        logger.info("workbench: model %s (%s), %d classes, τ = %.4g, device %s", model, self.bundle.weights_id,
-                    len(self.class_names), self.temperature, self.device)
-
-    @property
-    def temperature(self) -> float:
-        """The model's own temperature τ = 1 / logit_scale."""
-        return self.classifier.temperature
-
-    def _class_names(self) -> list[str]:
-        if self.benchmark == "fashion-open":
-            from dsenergy.data.fashion_open import FASHION_ID_CLASSES
-
-            return list(FASHION_ID_CLASSES)
-        return list(self.dataset("id_train").class_names)
-
-    def _templates(self) -> list[Any]:
-        from dsenergy.demo import DEMO_MODEL_NAME, DEMO_TEMPLATES
-
-        if self.bundle.name == DEMO_MODEL_NAME:
-            return list(DEMO_TEMPLATES)
-        from dsenergy.data.protocols import imagenet_templates
-
-        return imagenet_templates()
-
-    def dataset(self, split: str) -> Any:
-        """Return the dataset of ``split`` (PIL images and labels; -1 for OOD images)."""
-        if split in self._datasets:
-            return self._datasets[split]
-        if self.benchmark == "fashion-open":
-            from dsenergy.data.fashion_open import load_fashion_open
-
-            dataset = load_fashion_open(split)
-        else:
-            from pathlib import Path
-
-            from dsenergy.data.folders import image_folder_dataset, ood_folder_dataset
-
-            root = Path(self.data_root) / split
-            if not root.is_dir():
-                raise FileNotFoundError(f"split folder {root} not found; with benchmark 'folders' every split is a "
-                                        f"folder under data_root {self.data_root}")
-            name = f"folders:{Path(self.data_root).name}/{split}"
-            if split.startswith("ood"):
-                dataset = ood_folder_dataset(root, name=name)
-            elif split == "id_train":
-                dataset = image_folder_dataset(root, name=name)
-            else:
-                dataset = image_folder_dataset(root, class_names=self.class_names, name=name)
-        self._datasets[split] = dataset
-        return dataset
-
-    def features(self, split: str, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (N×D normalised image features, N labels) of ``split``, at most ``n`` images drawn with ``seed``.
-
-        Features come from the disk cache (:func:`dsenergy.features.cached_features`) when present.
-        """
-        from torch.utils.data import Subset
-
-        from dsenergy.features import cached_features
-
-        dataset = self.dataset(split)
-        subset: Any = dataset
-        dataset_id = f"{dataset.identity}"
-        if n is not None and n < len(dataset):
-            indices = np.sort(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False))
-            subset = Subset(dataset, indices.tolist())
-            dataset_id += f"/sample-{n}-seed{seed}"
-        features, labels = cached_features(self.bundle, subset, dataset_id=dataset_id, return_labels=True,
-                                           batch_size=self.batch_size, progress=False)
-        if labels is None:
-            labels = torch.full((len(subset),), -1)
-        return features, labels.long()
-
-    def kshot_features(self, shots: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the features and labels of a K-shot draw from ``id_train`` (the split is file-cached per seed)."""
-        from torch.utils.data import Subset
-
-        from dsenergy.data.kshot import kshot_indices
-        from dsenergy.features import cached_features
-
-        dataset = self.dataset("id_train")
-        indices = kshot_indices(np.asarray(dataset.labels), shots, seed, dataset.identity)
-        subset = Subset(dataset, [int(index) for index in indices])
-        features, labels = cached_features(self.bundle, subset, dataset_id=f"{dataset.identity}/kshot-{shots}-seed{seed}",
-                                           return_labels=True, batch_size=self.batch_size, progress=False)
-        return features, labels.long()
-
-    def similarities(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Return N×K cosine similarities to the zero-shot class features (or to ``text_features``)."""
-        text = self.classifier.text_features if text_features is None else text_features
-        text = torch.nn.functional.normalize(text.detach().float().cpu(), dim=1)
-        return torch.nn.functional.normalize(features.float().cpu(), dim=1) @ text.T
-
-    def test_splits(self, splits: Sequence[str], n: int | None, seed: int = 0) -> dict[str, Any]:
-        """Return split -> ``(features, labels)`` (ID and covariate) or features (OOD), for ``evaluate.evaluate_model``."""
-        result: dict[str, Any] = {}
-        for split in splits:
-            features, labels = self.features(split, n, seed)
-            result[split] = features if split.startswith("ood") else (features, labels)
-        return result
-
-    def train(self, method: str, shots: int, seed: int, **config: Any) -> Any:
-        """Train CoOp (``"coop"``) or CoOp+EBM (``"coop_ebm"``) on a K-shot draw of ``id_train`` features.
-
-        ``config`` contains further :class:`dsenergy.train.TrainConfig` fields (``epochs``, ``n_ctx``,
-        ``lr``, ``ebm_weight``, ``top_c``, ``crop_value``, ``bound``, ``temperature``). Returns the
-        :class:`dsenergy.train.TrainResult`.
-        """
-        from dsenergy.train import TrainConfig, train_prompts
-
-        features, labels = self.kshot_features(shots, seed)
-        settings = TrainConfig(method=method, seed=seed, progress=False, **config)
-        return train_prompts(self.bundle, self.class_names, (features, labels), settings)
-
-
-def headline_metrics(table: Any, score: str = "delta_energy") -> dict[str, Any]:
-    """Condense an ``evaluate.evaluate_model`` table: ID accuracy, mean covariate accuracy, AUROC/FPR95 of ``score``."""
-    accuracy = table[table.metric == "accuracy"]
-    detection = table[(table.score == score) & (table.split_role == "ood")]
-    covariate = accuracy[accuracy.split_role == "covariate"]["value"]
-    return {
-        "id_accuracy": float(accuracy[accuracy.split_role == "id"]["value"].mean()),
-        "covariate_accuracy": float(covariate.mean()) if len(covariate) else float("nan"),
-        "auroc": detection[detection.metric == "auroc"].set_index("split")["value"].to_dict(),
-        "fpr95": detection[detection.metric == "fpr95"].set_index("split")["value"].to_dict(),
-    }
-
-
-def headline_row(headline: Mapping[str, Any]) -> dict[str, float]:
-    """Flatten :func:`headline_metrics` into one table row: both accuracies and an ``auroc_<split>`` column per split."""
-    row = {"id_accuracy": headline["id_accuracy"], "covariate_accuracy": headline["covariate_accuracy"]}
-    row.update({f"auroc_{split}": auroc for split, auroc in headline["auroc"].items()})
-    return row
-
-
-def per_image_scores(
-    model: Any,
-    test: Mapping[str, Any],
-    score_names: Sequence[str],
-    model_temperature: float,
-    temperature: float | None = None,
-    top_c: int = 1,
-    crop_value: float = 0.0,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Return ``{"scores": {split: {score: values}}, "correct": {split: 0/1 per image}}`` for one model.
-
-    ``model`` and ``test`` are as for ``evaluate.evaluate_model``; OOD splits get scores only,
-    labelled splits get scores and per-image correctness of the top-1 prediction.
-    """
-    from dsenergy.evaluate import similarity_function
-
-    similarity = similarity_function(model)
-    result: dict[str, dict[str, Any]] = {"scores": {}, "correct": {}}
-    for split, value in test.items():
-        features, labels = (value, None) if isinstance(value, torch.Tensor) else value
-        with torch.no_grad():
-            sims = similarity(features).float().cpu()
-        result["scores"][split] = {}
-        for name in score_names:
-            options = {"top_c": top_c, "crop_value": crop_value} if name == "delta_energy" else {}
-            values = scores.compute_score(name, sims, model_temperature, temperature, **options)
-            result["scores"][split][name] = as_numpy(values)
-        if labels is not None and not split.startswith("ood"):
-            result["correct"][split] = (sims.argmax(dim=1) == labels).numpy().astype(np.float64)
-    return result
-
-
-def auroc_ci(
-    runs: Sequence[Mapping[str, Any]],
-    score: str,
-    ood_split: str,
-    baseline_runs: Sequence[Mapping[str, Any]] | None = None,
-    baseline_score: str | None = None,
-    id_split: str = "id_test",
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Bootstrap interval of the seed-mean AUROC (ID positive), or of its gain over a baseline.
-
-    ``runs`` contains one :func:`per_image_scores` result per seed, all on the same test images. ID and
-    OOD images are resampled with replacement; every seed and the baseline see the same resample,
-    so the gain is a paired difference.
-    """
-    def seed_mean(selected_runs: Sequence[Mapping[str, Any]], name: str, id_index: np.ndarray, ood_index: np.ndarray) -> float:
-        return float(np.mean([metrics.auroc(run["scores"][id_split][name][id_index],
-                                            run["scores"][ood_split][name][ood_index]) for run in selected_runs]))
-
-    def statistic(id_index: np.ndarray, ood_index: np.ndarray) -> float:
-        value = seed_mean(runs, score, id_index, ood_index)
-        if baseline_runs is not None:
-            value -= seed_mean(baseline_runs, baseline_score or score, id_index, ood_index)
-        return value
-
-    sizes = (runs[0]["scores"][id_split][score].size, runs[0]["scores"][ood_split][score].size)
-    return paired_bootstrap(statistic, sizes, n_bootstrap, confidence, seed)
-
-
-def accuracy_ci(
-    runs: Sequence[Mapping[str, Any]],
-    splits: Sequence[str],
-    baseline_runs: Sequence[Mapping[str, Any]] | None = None,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Bootstrap interval of the seed-mean accuracy averaged over ``splits``, or of its gain over a baseline."""
-    def seed_mean(selected_runs: Sequence[Mapping[str, Any]], indices: Sequence[np.ndarray]) -> float:
-        return float(np.mean([np.mean([run["correct"][split][index] for split, index in zip(splits, indices)])
-                              for run in selected_runs]))
-
-    def statistic(*indices: np.ndarray) -> float:
-        value = seed_mean(runs, indices)
-        if baseline_runs is not None:
-            value -= seed_mean(baseline_runs, indices)
-        return value
-
-    sizes = [runs[0]["correct"][split].size for split in splits]
-    return paired_bootstrap(statistic, sizes, n_bootstrap, confidence, seed)
-
-
 def mean_std(values: Any) -> str:
     """Format values over seeds as ``mean ± std`` (sample standard deviation; ``± 0`` for one seed)."""
     array = as_numpy(values)
@@ -848,24 +448,3 @@ def mean_std(values: Any) -> str:
     return f"{array.mean():.3f} ± {spread:.3f}"
 
 
-def consistency_gain(
-    table: Any, baseline: Any, metric: str = "hessian_cosine", confidence: float = 0.95
-) -> dict[str, float]:
-    """Return the gain in a ``hessian.hessian_consistency`` column, averaged over the non-reference domains.
-
-    ``value`` = mean over domains of (table − baseline); the interval is normal with the
-    jackknife standard errors of both tables (``<metric>_se``), treated as independent. For
-    ``hessian_cosine`` a positive gain means ``table``'s Hessians agree more across domains.
-    """
-    from scipy.stats import norm
-
-    first = table[table.domain != table.reference].set_index("domain")
-    second = baseline[baseline.domain != baseline.reference].set_index("domain")
-    domains = [domain for domain in first.index if domain in second.index]
-    if not domains:
-        raise ValueError("the two tables share no non-reference domain")
-    differences = first.loc[domains, metric] - second.loc[domains, metric]
-    variance = (first.loc[domains, f"{metric}_se"] ** 2 + second.loc[domains, f"{metric}_se"] ** 2).sum() / len(domains) ** 2
-    half_width = float(norm.ppf(0.5 + confidence / 2.0) * math.sqrt(variance))
-    value = float(differences.mean())
-    return {"value": value, "low": value - half_width, "high": value + half_width, "confidence": confidence}

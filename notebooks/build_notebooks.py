@@ -32,12 +32,13 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 {extra_imports}
-from dsenergy import metrics, records, scores, viz
+from dsenergy import evaluate, metrics, records, scores, viz
 from dsenergy.params import validate_notebook
+from dsenergy.workbench import Workbench
 
 params = validate_notebook("{notebook}", globals())
 records.start("{notebook}", output_dir, params)
-bench = viz.Workbench(model, pretrained, benchmark, data_root, device=device, batch_size=batch_size)
+bench = Workbench(model, pretrained, benchmark, data_root, device=device, batch_size=batch_size)
 tau = temperature if temperature is not None else bench.temperature
 print(f"model {{model}} ({{bench.bundle.weights_id}}), classes {{bench.class_names}}, τ = {{tau:.4g}}")"""
 
@@ -143,10 +144,10 @@ form above with the two log-sum-exps that `scores.delta_energy` computes.""",
 small_tau = min(tau, 0.01)
 msp_small = scores.msp(pooled, small_tau)
 agreement = {
-    f"c = 1, a = 0, τ = {small_tau:.3g} (small)": viz.rank_agreement(scores.delta_energy(pooled, small_tau, top_c=1), msp_small),
-    f"c = 1, a = 0, τ = {tau:.3g} (model)": viz.rank_agreement(scores.delta_energy(pooled, tau, top_c=1), scores.msp(pooled, tau)),
-    f"c = 2, a = 0, τ = {small_tau:.3g}": viz.rank_agreement(scores.delta_energy(pooled, small_tau, top_c=2), msp_small),
-    "c = 1, a = 0, τ = 1": viz.rank_agreement(scores.delta_energy(pooled, 1.0, top_c=1), scores.msp(pooled, 1.0)),
+    f"c = 1, a = 0, τ = {small_tau:.3g} (small)": metrics.rank_agreement(scores.delta_energy(pooled, small_tau, top_c=1), msp_small),
+    f"c = 1, a = 0, τ = {tau:.3g} (model)": metrics.rank_agreement(scores.delta_energy(pooled, tau, top_c=1), scores.msp(pooled, tau)),
+    f"c = 2, a = 0, τ = {small_tau:.3g}": metrics.rank_agreement(scores.delta_energy(pooled, small_tau, top_c=2), msp_small),
+    "c = 1, a = 0, τ = 1": metrics.rank_agreement(scores.delta_energy(pooled, 1.0, top_c=1), scores.msp(pooled, 1.0)),
 }
 for key, value in zip(["c1_small_tau", "c1_model_tau", "c2_small_tau", "c1_tau1"], agreement.values()):
     records.record(f"rank_agreement_msp_{key}", value, unit="fraction of pairs", description="ΔE vs MSP; 1.0 = identical ranking")
@@ -248,14 +249,14 @@ features = {split: bench.features(split, n_per_split, seed)[0] for split in test
 text_features = bench.classifier.text_features
 values, taus = {}, {}
 for split in test_splits:
-    values[split], taus = viz.compute_scores(score_names, features[split], text_features, bench.temperature,
+    values[split], taus = evaluate.compute_scores(score_names, features[split], text_features, bench.temperature,
                                              temperature, top_c=top_c, crop_value=crop_value, mask_fraction=mask_fraction)
 pd.Series(taus, name="τ").to_frame()""",
     """## Detection table
 
 AUROC, FPR at 95 % TPR, AUPR-In and AUPR-Out for every score on every OOD split. The caption names the
 convention (the `positive` parameter) and each score's τ. The best AUROC per split is in bold.""",
-    """table = viz.detection_table(values["id_test"], {split: values[split] for split in ood_splits}, taus, positive=positive)
+    """table = evaluate.detection_table(values["id_test"], {split: values[split] for split in ood_splits}, taus, positive=positive)
 caption = viz.table_caption(positive, taus)
 display(Markdown(caption))
 wide = table.pivot(index="score", columns="ood_split", values=["auroc", "fpr95"]).loc[list(score_names)]
@@ -299,7 +300,7 @@ them as ID; the accuracy column shows how much the zero-shot classifier loses un
 id_labels = bench.features("id_test", n_per_split, seed)[1]
 rows = []
 for split, (split_features, split_labels) in covariate.items():
-    split_values, _ = viz.compute_scores(score_names, split_features, text_features, bench.temperature, temperature,
+    split_values, _ = evaluate.compute_scores(score_names, split_features, text_features, bench.temperature, temperature,
                                          top_c=top_c, crop_value=crop_value, mask_fraction=mask_fraction)
     accuracy = metrics.accuracy(bench.similarities(split_features), split_labels)
     rows += [{"split": split, "score": name, "auroc_vs_id": metrics.auroc(values["id_test"][name], split_values[name]),
@@ -328,7 +329,7 @@ ever formed; every number comes from Hessian-vector products computed with `torc
 
 Check the parameters, start the records file, load the model, draw the K-shot training set and
 encode `n_per_split` images of the ID test split and of each covariate split.""",
-    setup("03_hessian_consistency", "from dsenergy import evaluate, hessian"),
+    setup("03_hessian_consistency", "from dsenergy import hessian"),
     """domains = {split: bench.features(split, n_per_split, seed) for split in ["id_test", *covariate_splits]}
 batches = {split: hessian.feature_batches(features, labels, batch_size=256) for split, (features, labels) in domains.items()}
 training = dict(epochs=epochs, n_ctx=n_context, lr=learning_rate, top_c=top_c, crop_value=crop_value, bound=bound,
@@ -381,13 +382,13 @@ for name, table in tables.items():
                          "ID accuracy": accuracy[accuracy.split == "id_test"]["value"].mean(),
                          "covariate accuracy": accuracy[accuracy.split_role == "covariate"]["value"].mean()})
 summary = pd.DataFrame(summary_rows).set_index("model")
-gain = viz.consistency_gain(tables["CoOp+EBM"], tables["CoOp"], "hessian_cosine")
+gain = hessian.consistency_gain(tables["CoOp+EBM"], tables["CoOp"], "hessian_cosine")
 records.record("summary", summary.reset_index(), description="mean over covariate domains against id_test")
 records.record("consistency_gain", gain, unit="Hessian cosine, CoOp+EBM minus CoOp",
                description="mean over covariate domains with a 95% normal interval")
-records.record("consistency_verdict", viz.claim_verdict(gain["low"], gain["high"]))
+records.record("consistency_verdict", metrics.claim_verdict(gain["low"], gain["high"]))
 display(Markdown(f"Hessian-cosine gain of CoOp+EBM over CoOp: {gain['value']:+.4f} "
-                 f"[{gain['low']:+.4f}, {gain['high']:+.4f}] → **{viz.claim_verdict(gain['low'], gain['high'])}**"))
+                 f"[{gain['low']:+.4f}, {gain['high']:+.4f}] → **{metrics.claim_verdict(gain['low'], gain['high'])}**"))
 summary.style.format("{:.4f}")""",
 ]
 
@@ -407,7 +408,7 @@ the zero-shot classifier, then sweeps the EBM weight λ and the crop count c."""
     """## Setup
 
 Check the parameters, start the records file, load the model and encode the test splits once.""",
-    setup("04_finetune", "from dsenergy import evaluate"),
+    setup("04_finetune"),
     """test = bench.test_splits(["id_test", *ood_splits, *covariate_splits], n_per_split, seed)
 training = dict(epochs=epochs, n_ctx=n_context, lr=learning_rate, top_c=top_c, crop_value=crop_value, bound=bound,
                 temperature=temperature)
@@ -435,7 +436,7 @@ Accuracy on the ID test split and on each covariate split, and OOD detection (AU
     """tables = [evaluate.evaluate_model(bench.classifier, test, method="zero-shot", seed=seed, **evaluation)]
 tables += [evaluate.evaluate_model(run.prompt_learner, test, method=name, seed=seed, **evaluation) for name, run in runs.items()]
 comparison = pd.concat(tables, ignore_index=True)
-headline = {table["method"].iloc[0]: viz.headline_metrics(table) for table in tables}
+headline = {table["method"].iloc[0]: evaluate.headline_metrics(table) for table in tables}
 records.record("methods", comparison, unit="accuracy; AUROC/FPR95 with ID positive", description="evaluate_model rows")
 records.record("headline", headline, description="ID accuracy, mean covariate accuracy and ΔE AUROC/FPR95 per method")
 pd.DataFrame({method: {"ID accuracy": values["id_accuracy"], "covariate accuracy": values["covariate_accuracy"],
@@ -448,8 +449,8 @@ curves are noisy, so read the trend, not single points.""",
     """rows = []
 for weight in ebm_weights:
     run = bench.train("coop_ebm", shots, seed, ebm_weight=weight, **training)
-    values = viz.headline_metrics(evaluate.evaluate_model(run.prompt_learner, test, method="coop_ebm", seed=seed, **evaluation))
-    rows.append({"ebm_weight": weight, **viz.headline_row(values)})
+    values = evaluate.headline_metrics(evaluate.evaluate_model(run.prompt_learner, test, method="coop_ebm", seed=seed, **evaluation))
+    rows.append({"ebm_weight": weight, **evaluate.headline_row(values)})
 lambda_sweep = pd.DataFrame(rows)
 records.record("sweep_ebm_weight", lambda_sweep, unit="accuracy; AUROC of ΔE, ID positive")
 long = lambda_sweep.melt(id_vars="ebm_weight", var_name="metric", value_name="value")
@@ -465,8 +466,8 @@ for count in top_c_values:
     settings = {**training, "top_c": count}
     run = bench.train("coop_ebm", shots, seed, ebm_weight=ebm_weight, **settings)
     options = {**evaluation, "delta_energy_options": {"top_c": count, "crop_value": crop_value}}
-    values = viz.headline_metrics(evaluate.evaluate_model(run.prompt_learner, test, method="coop_ebm", seed=seed, **options))
-    rows.append({"top_c": count, **viz.headline_row(values)})
+    values = evaluate.headline_metrics(evaluate.evaluate_model(run.prompt_learner, test, method="coop_ebm", seed=seed, **options))
+    rows.append({"top_c": count, **evaluate.headline_row(values)})
 c_sweep = pd.DataFrame(rows)
 records.record("sweep_top_c", c_sweep, unit="accuracy; AUROC of ΔE, ID positive")
 long = c_sweep.melt(id_vars="top_c", var_name="metric", value_name="value")
@@ -493,7 +494,7 @@ the interval of the relevant gain: *held* when the whole interval is above the c
 
 Check the parameters, start the records file, load the model and encode a fixed sample of every
 test split (sampling seed 0 for all training seeds).""",
-    setup("05_evaluation", "from pathlib import Path\n\nfrom dsenergy import evaluate"),
+    setup("05_evaluation", "from pathlib import Path\n"),
     """test = bench.test_splits(["id_test", *ood_splits, *covariate_splits], n_per_split, seed=0)
 detection_scores = [name for name in score_names if name in scores.SCORES]
 training = dict(epochs=epochs, n_ctx=n_context, lr=learning_rate, top_c=top_c, crop_value=crop_value, bound=bound,
@@ -515,7 +516,7 @@ results = pd.concat([evaluate.evaluate_model(model, test, method=method, seed=ru
 summary = evaluate.summarize_over_seeds(results)
 runs = {}
 for (method, run_seed), model in models.items():
-    runs.setdefault(method, []).append(viz.per_image_scores(model, test, detection_scores, bench.temperature, temperature,
+    runs.setdefault(method, []).append(evaluate.per_image_scores(model, test, detection_scores, bench.temperature, temperature,
                                                             top_c=top_c, crop_value=crop_value))
 records.record("results", results.drop(columns=["model", "pretrained", "weights_id"]), unit=f"positive = {positive}",
                description="one row per method, seed, split, score and metric")
@@ -529,7 +530,7 @@ for method, method_runs in runs.items():
     for name in detection_scores:
         for split in ood_splits:
             selected = results[(results.method == method) & (results.score == name) & (results.split == split)]
-            interval = viz.auroc_ci(method_runs, name, split, n_bootstrap=n_bootstrap, confidence=confidence)
+            interval = evaluate.auroc_ci(method_runs, name, split, n_bootstrap=n_bootstrap, confidence=confidence)
             rows.append({"method": method, "score": name, "ood_split": split,
                          "auroc": viz.mean_std(selected[selected.metric == "auroc"]["value"]),
                          "auroc_ci": f"[{interval['low']:.3f}, {interval['high']:.3f}]",
@@ -551,7 +552,7 @@ for method, method_runs in runs.items():
     row = {"method": method}
     for split in ["id_test", *covariate_splits]:
         row[split] = viz.mean_std(selected[selected.split == split]["value"])
-    interval = viz.accuracy_ci(method_runs, covariate_splits, n_bootstrap=n_bootstrap, confidence=confidence)
+    interval = evaluate.accuracy_ci(method_runs, covariate_splits, n_bootstrap=n_bootstrap, confidence=confidence)
     row.update({"covariate mean": f"{interval['value']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]",
                 "covariate_mean": interval["value"], "covariate_low": interval["low"], "covariate_high": interval["high"]})
     rows.append(row)
@@ -568,30 +569,30 @@ folder; without them it is listed as not evaluated.""",
 def add_claim(claim, split, interval, margin=0.0):
     claims.append({"claim": claim, "split": split, "margin": margin, "gain": interval["value"],
                    "ci_low": interval["low"], "ci_high": interval["high"],
-                   "verdict": viz.claim_verdict(interval["low"], interval["high"], margin)})
+                   "verdict": metrics.claim_verdict(interval["low"], interval["high"], margin)})
 
 ci = dict(n_bootstrap=n_bootstrap, confidence=confidence)
 baselines = [name for name in ("mcm", "msp", "energy", "max_logit") if name in detection_scores]
 for split in ood_splits:
     if "delta_energy" in detection_scores and "mcm" in detection_scores:
         add_claim("zero-shot ΔE detects OOD better than zero-shot MCM (AUROC)", split,
-                  viz.auroc_ci(runs["zero-shot"], "delta_energy", split, runs["zero-shot"], "mcm", **ci))
+                  evaluate.auroc_ci(runs["zero-shot"], "delta_energy", split, runs["zero-shot"], "mcm", **ci))
     if "delta_energy" in detection_scores:
         add_claim("CoOp+EBM raises the ΔE AUROC over CoOp", split,
-                  viz.auroc_ci(runs["CoOp+EBM"], "delta_energy", split, runs["CoOp"], "delta_energy", **ci))
+                  evaluate.auroc_ci(runs["CoOp+EBM"], "delta_energy", split, runs["CoOp"], "delta_energy", **ci))
     if "delta_energy" in detection_scores and baselines:
-        best = max(baselines, key=lambda name: viz.auroc_ci(runs["CoOp"], name, split, n_bootstrap=1)["value"])
+        best = max(baselines, key=lambda name: evaluate.auroc_ci(runs["CoOp"], name, split, n_bootstrap=1)["value"])
         add_claim(f"CoOp+EBM with ΔE beats the best CoOp baseline ({best}) by at least 10 AUROC points", split,
-                  viz.auroc_ci(runs["CoOp+EBM"], "delta_energy", split, runs["CoOp"], best, **ci), margin=0.10)
+                  evaluate.auroc_ci(runs["CoOp+EBM"], "delta_energy", split, runs["CoOp"], best, **ci), margin=0.10)
 add_claim("CoOp+EBM raises covariate-shift accuracy over CoOp", "mean of covariate splits",
-          viz.accuracy_ci(runs["CoOp+EBM"], covariate_splits, runs["CoOp"], **ci))
+          evaluate.accuracy_ci(runs["CoOp+EBM"], covariate_splits, runs["CoOp"], **ci))
 
 hessian_file = Path(output_dir) / "03_hessian_consistency.json"
 if hessian_file.is_file() and "consistency_gain" in records.load_records(hessian_file)["records"]:
     gain = records.record_value(records.load_records(hessian_file), "consistency_gain")
     claims.append({"claim": "CoOp+EBM gives more domain-consistent Hessians than CoOp (Hessian cosine)",
                    "split": "covariate splits vs id_test", "margin": 0.0, "gain": gain["value"],
-                   "ci_low": gain["low"], "ci_high": gain["high"], "verdict": viz.claim_verdict(gain["low"], gain["high"])})
+                   "ci_low": gain["low"], "ci_high": gain["high"], "verdict": metrics.claim_verdict(gain["low"], gain["high"])})
 else:
     claims.append({"claim": "CoOp+EBM gives more domain-consistent Hessians than CoOp (Hessian cosine)",
                    "split": "covariate splits vs id_test", "margin": 0.0, "gain": None, "ci_low": None, "ci_high": None,

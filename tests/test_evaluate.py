@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dsenergy import evaluate, metrics, scores
 from dsenergy.evaluate import (
     DEFAULT_SCORES,
     OOD_METRICS,
@@ -22,6 +23,7 @@ from dsenergy.metrics import auroc, fpr_at_tpr
 from dsenergy.prompts import PromptLearner
 from dsenergy.scores import compute_score
 from tests.ddp_worker import CLASS_NAMES, synthetic_features, tiny_bundle
+from tests.helpers import clustered_features
 
 TAU = 0.01
 
@@ -190,3 +192,49 @@ def test_summarize_over_seeds(text_features):
     values = table[(table.score == "energy") & (table.metric == "auroc")].value
     assert row["mean"].item() == pytest.approx(values.mean())
     assert row["std"].item() == pytest.approx(values.std())
+
+
+def test_compute_scores_match_score_functions():
+    text, features, _ = clustered_features()
+    values, taus = evaluate.compute_scores(["msp", "mcm", "delta_energy", "max_cosine", "delta_energy_feature_mask"],
+                                      features["id_test"], text, 0.01, top_c=2, crop_value=-0.5, mask_fraction=0.25)
+    similarities = features["id_test"] @ text.T
+    assert taus == {"msp": 0.01, "mcm": 1.0, "delta_energy": 0.01, "max_cosine": None, "delta_energy_feature_mask": 0.01}
+    torch.testing.assert_close(values["mcm"], scores.msp(similarities, 1.0))
+    torch.testing.assert_close(values["delta_energy"], scores.delta_energy(similarities, 0.01, top_c=2, crop_value=-0.5))
+    torch.testing.assert_close(values["delta_energy_feature_mask"],
+                               scores.delta_energy_feature_mask(features["id_test"], text, 0.01, mask_fraction=0.25))
+
+def test_detection_table_rows_match_metrics():
+    text, features, _ = clustered_features()
+    id_values, taus = evaluate.compute_scores(["msp", "energy"], features["id_test"], text, 0.05)
+    ood_values, _ = evaluate.compute_scores(["msp", "energy"], features["ood_far"], text, 0.05)
+    table = evaluate.detection_table(id_values, {"ood_far": ood_values}, taus, positive="ood")
+    assert list(table["score"]) == ["msp", "energy"]
+    row = table.set_index("score").loc["energy"]
+    assert row["auroc"] == pytest.approx(metrics.auroc(id_values["energy"], ood_values["energy"]))
+    assert row["fpr95"] == pytest.approx(metrics.fpr_at_tpr(id_values["energy"], ood_values["energy"], positive="ood"))
+    assert row["positive"] == "ood"
+
+def test_auroc_ci_of_a_gain_over_itself_is_zero():
+    text, features, labels = clustered_features()
+    test = {"id_test": (features["id_test"], labels), "ood_far": features["ood_far"]}
+    runs = [evaluate.per_image_scores(text, test, ["msp", "delta_energy"], 0.05)]
+    single = evaluate.auroc_ci(runs, "delta_energy", "ood_far", n_bootstrap=50)
+    assert single["value"] == pytest.approx(metrics.auroc(runs[0]["scores"]["id_test"]["delta_energy"],
+                                                          runs[0]["scores"]["ood_far"]["delta_energy"]))
+    gain = evaluate.auroc_ci(runs, "delta_energy", "ood_far", runs, "delta_energy", n_bootstrap=50)
+    assert (gain["value"], gain["low"], gain["high"]) == (0.0, 0.0, 0.0)
+    accuracy = evaluate.accuracy_ci(runs, ["id_test"], n_bootstrap=50)
+    assert accuracy["value"] == pytest.approx(float(((features["id_test"] @ text.T).argmax(1) == labels).float().mean()))
+
+def test_headline_row_flattens_aurocs():
+    table = pd.DataFrame({
+        "split": ["id_test", "covariate/noise/1", "ood_near", "ood_far"],
+        "split_role": ["id", "covariate", "ood", "ood"],
+        "score": [None, None, "delta_energy", "delta_energy"],
+        "metric": ["accuracy", "accuracy", "auroc", "auroc"],
+        "value": [0.9, 0.6, 0.8, 0.7],
+    })
+    row = evaluate.headline_row(evaluate.headline_metrics(table))
+    assert row == {"id_accuracy": 0.9, "covariate_accuracy": 0.6, "auroc_ood_near": 0.8, "auroc_ood_far": 0.7}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -448,3 +450,13 @@ def test_cuda_matches_cpu():
     on_gpu = hessian.hutchinson_trace(loss_fn, text_features.cuda(), batches, num_probes=4, seed=1)
 
     assert on_gpu.estimate == pytest.approx(on_cpu.estimate, rel=1e-9)
+
+
+def test_consistency_gain_uses_standard_errors():
+    def table(cosines, errors):
+        return pd.DataFrame({"domain": ["id", "a", "b"], "reference": "id",
+                             "hessian_cosine": [np.nan, *cosines], "hessian_cosine_se": [np.nan, *errors]})
+
+    gain = hessian.consistency_gain(table([0.9, 0.8], [0.01, 0.01]), table([0.5, 0.6], [0.01, 0.01]))
+    assert gain["value"] == pytest.approx(0.3)
+    assert gain["high"] - gain["value"] == pytest.approx(1.959964 * math.sqrt(4 * 0.01**2) / 2, rel=1e-4)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,32 @@ def test_bootstrap_ci_is_seeded_and_brackets_value():
     assert first["low"] < first["value"] < first["high"]
     with pytest.raises(KeyError, match="unknown metric"):
         metrics.bootstrap_ci(id_scores, ood_scores, metric="accuracy")
+
+
+def test_rank_agreement_of_monotone_transform_is_one():
+    values = np.random.default_rng(0).normal(size=300)
+    assert metrics.rank_agreement(values, np.exp(3 * values)) == 1.0
+    assert metrics.rank_agreement(values, -values) == 0.0
+
+def test_rank_agreement_ignores_ties():
+    first = np.array([0.1, 0.2, 0.3, 0.4])
+    second = np.array([1.0, 1.0, 2.0, 3.0])  # one tied pair, every other pair concordant
+    assert metrics.rank_agreement(first, second) == 1.0
+    with pytest.raises(ValueError, match="equal length"):
+        metrics.rank_agreement(first, second[:3])
+
+def test_paired_bootstrap_of_a_mean():
+    values = np.random.default_rng(1).normal(loc=2.0, size=400)
+    interval = metrics.paired_bootstrap(lambda index: values[index].mean(), [values.size], n_bootstrap=300, seed=0)
+    assert interval["value"] == pytest.approx(values.mean())
+    assert interval["low"] < interval["value"] < interval["high"]
+    # The percentile interval of a mean is close to ± 1.96 standard errors.
+    assert interval["high"] - interval["low"] == pytest.approx(2 * 1.96 * values.std() / math.sqrt(values.size), rel=0.25)
+
+@pytest.mark.parametrize(
+    ("low", "high", "threshold", "verdict"),
+    [(0.01, 0.2, 0.0, "held"), (-0.2, -0.01, 0.0, "contradicted"), (-0.1, 0.1, 0.0, "not supported"),
+     (0.05, 0.2, 0.1, "not supported"), (0.11, 0.2, 0.1, "held")],
+)
+def test_claim_verdict(low, high, threshold, verdict):
+    assert metrics.claim_verdict(low, high, threshold) == verdict

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import ast
 import math
-from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
-from dsenergy import params, viz
+from dsenergy import metrics, params
 from dsenergy.demo import demo_checkpoint_path
 from dsenergy.runner import notebooks_dir, run_notebooks
 
@@ -194,7 +193,7 @@ def test_hessian_consistency_records(smoke_run):
             assert -1.0 - 4 * row["hessian_cosine_se"] <= row["hessian_cosine"] <= 1.0 + 4 * row["hessian_cosine_se"]
     gain = recorded["consistency_gain"]
     assert gain["low"] <= gain["value"] <= gain["high"]
-    assert recorded["consistency_verdict"] == viz.claim_verdict(gain["low"], gain["high"])
+    assert recorded["consistency_verdict"] == metrics.claim_verdict(gain["low"], gain["high"])
 
 
 def test_finetune_records(smoke_run):
@@ -235,7 +234,7 @@ def test_evaluation_table_and_claims(smoke_run):
     assert len(evaluated) == len(claims)  # notebook 03 ran into the same folder, so the Hessian claim is evaluated
     for claim in evaluated:
         assert claim["ci_low"] <= claim["gain"] <= claim["ci_high"]
-        assert claim["verdict"] == viz.claim_verdict(claim["ci_low"], claim["ci_high"], claim["margin"])
+        assert claim["verdict"] == metrics.claim_verdict(claim["ci_low"], claim["ci_high"], claim["margin"])
     hessian = smoke_run.records("03_hessian_consistency")["consistency_gain"]
     hessian_claim = next(claim for claim in claims if "Hessian" in claim["claim"])
     assert hessian_claim["gain"] == pytest.approx(hessian["value"])
