@@ -9,7 +9,7 @@ records how they were made and what they score.
 
 Command line::
 
-    python -m dsenergy.demo train [--epochs N] [--seed S] [--out PATH] [--source DIR] [--threads T]
+    python -m dsenergy.demo train [--epochs N] [--seed S] [--out PATH] [--source DIR] [--threads T] [--classes all|id]
     python -m dsenergy.demo evaluate [--checkpoint PATH] [--card PATH]
 """
 
@@ -464,6 +464,20 @@ def _zero_shot_accuracy_tensor_path(
     return correct / len(labels)
 
 
+def _select_classes(
+    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], keep_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the images of the classes in ``keep_names`` and relabel them by position in ``keep_names``."""
+    unknown = [name for name in keep_names if name not in class_names]
+    if unknown:
+        raise ValueError(f"classes {unknown} are not among {list(class_names)}")
+    keep_labels = [list(class_names).index(name) for name in keep_names]
+    mask = np.isin(labels, keep_labels)
+    remap = np.full(len(class_names), -1, dtype=np.int64)
+    remap[keep_labels] = np.arange(len(keep_labels))
+    return images[mask], remap[labels[mask]]
+
+
 def _run_training(args: argparse.Namespace) -> None:
     """Train the demo model from the Fashion-MNIST files and write the checkpoint and its training record."""
     from dsenergy.data.fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist
@@ -473,6 +487,11 @@ def _run_training(args: argparse.Namespace) -> None:
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, threads=args.threads, device=args.device
     )
     out = Path(args.out) if args.out else demo_checkpoint_path()
+    if args.classes != "all" and not args.out:
+        raise SystemExit(
+            f"--classes {args.classes} trains a model for comparison, not the demo model; "
+            "pass --out PATH so that the committed checkpoint is not overwritten"
+        )
     load_average_start = os.getloadavg()[0]
     started = time.perf_counter()
 
@@ -482,10 +501,12 @@ def _run_training(args: argparse.Namespace) -> None:
     mean, std = reference_model.visual.preprocess_cfg["mean"][0], reference_model.visual.preprocess_cfg["std"][0]
     del reference_model
     train_images, train_labels = read_fashion_mnist("train", args.source)
+    train_class_names = FASHION_ID_CLASSES if args.classes == "id" else FASHION_MNIST_CLASSES
+    train_images, train_labels = _select_classes(train_images, train_labels, FASHION_MNIST_CLASSES, train_class_names)
     gray_train = preprocess_to_uint8(train_images, preprocess, mean, std)
     logger.info("Preprocessed %d training images in %.1f s", len(gray_train), time.perf_counter() - started)
 
-    model, epoch_losses = train_demo_model(gray_train, torch.from_numpy(train_labels), FASHION_MNIST_CLASSES, config)
+    model, epoch_losses = train_demo_model(gray_train, torch.from_numpy(train_labels), train_class_names, config)
     train_seconds = time.perf_counter() - started
     sha256 = save_demo_checkpoint(model, out)
 
@@ -505,10 +526,12 @@ def _run_training(args: argparse.Namespace) -> None:
         "templates": list(config.templates),
         "model_config": DEMO_MODEL_CONFIG,
         "train_images": int(len(train_labels)),
+        "train_classes": list(train_class_names),
         "epoch_losses": epoch_losses,
         "logit_scale": model.logit_scale.exp().item(),
         "wall_time_s": round(train_seconds, 1),
         "parameters": int(sum(p.numel() for p in model.parameters())),
+        "file": out.name,
         "file_bytes": out.stat().st_size,
         "sha256": sha256,
         "id_test_accuracy_tensor_path": accuracy,
@@ -635,6 +658,14 @@ def _describe_machine(machine: dict[str, Any]) -> str:
     return text
 
 
+def _describe_classes(class_names: Sequence[str]) -> str:
+    from dsenergy.data.fashion_mnist import FASHION_MNIST_CLASSES
+
+    if list(class_names) == list(FASHION_MNIST_CLASSES):
+        return "all ten classes"
+    return f"{len(class_names)} classes ({', '.join(class_names)})"
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -646,14 +677,22 @@ def _mean_std(bundle: Any) -> dict[str, Sequence[float]]:
 
 def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path: str | Path) -> None:
     """Write ``MODEL_CARD.md`` from a training record and the output of :func:`evaluate_demo_model`."""
+    from dsenergy.data.fashion_mnist import FASHION_MNIST_CLASSES
+    from dsenergy.data.fashion_open import FASHION_NEAR_OOD_CLASSES
+
     vision, text = DEMO_MODEL_CONFIG["vision_cfg"], DEMO_MODEL_CONFIG["text_cfg"]
+    # Records written before the class choice existed come from runs on all ten classes.
+    train_classes = training.get("train_classes", list(FASHION_MNIST_CLASSES))
+    file_name = training.get("file", _CHECKPOINT_FILE)
+    load_call = f'load_clip("{DEMO_MODEL_NAME}"' + ("" if file_name == _CHECKPOINT_FILE else f', pretrained="{file_name}"') + ")"
+    seen_near_ood = all(name in train_classes for name in FASHION_NEAR_OOD_CLASSES)
     losses = ", ".join(f"{loss:.4f}" for loss in training["epoch_losses"])
     lines = [
         f"# Model card: {DEMO_MODEL_NAME}",
         "",
         "A small CLIP (open_clip `CLIP` class) trained from scratch on Fashion-MNIST so that the kit's",
         "notebooks, tests and CI run offline. It is a teaching and testing model, not a general",
-        "image–text model: it knows the ten Fashion-MNIST classes and little else.",
+        f"image–text model: it knows the {len(train_classes)} Fashion-MNIST classes it was trained on and little else.",
         "",
         "## Architecture",
         "",
@@ -667,12 +706,16 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "",
         "## Training",
         "",
-        f"- Command: `{training['command']}`. Without `--out` it overwrites the committed `dsenergy-demo.pt` and",
-        "  `dsenergy-demo.training.json` in `data/models/`; pass `--out PATH` to keep them.",
+        f"- Command: `{training['command']}`. " + (
+            "Without `--out` it overwrites the committed `dsenergy-demo.pt` and\n"
+            "  `dsenergy-demo.training.json` in `data/models/`; pass `--out PATH` to keep them."
+            if file_name == _CHECKPOINT_FILE
+            else "It writes the checkpoint and its training record where `--out` says."
+        ),
         f"- Seed: {training['seed']}; {_plural(training['config']['epochs'], 'epoch')}, batch {training['config']['batch_size']}, "
         f"AdamW (lr {training['config']['learning_rate']}, weight decay {training['config']['weight_decay']}), "
         f"{training['config']['warmup_steps']} warm-up steps then cosine decay.",
-        f"- Data: the {training['train_images']:,} Fashion-MNIST training images of all ten classes (Zalando Research,",
+        f"- Data: the {training['train_images']:,} Fashion-MNIST training images of {_describe_classes(train_classes)} (Zalando Research,",
         "  MIT licence, read from the Debian package `dataset-fashion-mnist`), random horizontal flips and shifts of up to "
         f"{training['config']['max_shift']} px.",
         f"- Captions: {len(training['templates'])} templates × class name; each step draws "
@@ -687,19 +730,21 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "",
         "## File",
         "",
-        f"- `dsenergy-demo.pt`: state dict in fp16 ({training['file_bytes']:,} bytes), loaded into fp32 by open_clip",
+        f"- `{file_name}`: state dict in fp16 ({training['file_bytes']:,} bytes), loaded into fp32 by open_clip",
         "  with `weights_only=True`.",
         f"- sha256: `{training['sha256']}`",
         "",
         "## Evaluation",
         "",
-        "Produced by `python -m dsenergy.demo evaluate`, which writes these numbers to",
-        "`dsenergy-demo.evaluation.json` beside the checkpoint. Zero-shot classification over the six ID classes",
+        "Produced by `python -m dsenergy.demo evaluate"
+        + ("`" if file_name == _CHECKPOINT_FILE else f" --checkpoint {file_name}`")
+        + ", which writes these numbers to",
+        f"`{Path(file_name).stem}.evaluation.json` beside the checkpoint. Zero-shot classification over the six ID classes",
         f"with the {evaluation['templates']} training templates averaged per class; temperature",
         f"τ = 1 / logit_scale = {evaluation['temperature']:.5f}. OOD metrics treat ID as positive",
         "(FPR95 = fraction of OOD images accepted when 95 % of ID images are kept).",
         "",
-        f"- `load_clip(\"{DEMO_MODEL_NAME}\")` took {evaluation['load_seconds']:.2f} s.",
+        f"- `{load_call}` took {evaluation['load_seconds']:.2f} s.",
         f"- Zero-shot accuracy on fashion-open `id_test` ({evaluation['id_test_images']:,} images of t-shirt/top, trouser,",
         f"  dress, sandal, sneaker, bag from the Fashion-MNIST test split): **{evaluation['id_test_accuracy']:.4f}**",
         f"  (tensor path used in training: {evaluation['id_test_accuracy_tensor_path']:.4f}, largest feature difference",
@@ -733,8 +778,17 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "",
         "## Limits",
         "",
-        "- The near-OOD classes were in the training data with captions of their own, so the model has seen",
-        "  every concept that the benchmark treats as near OOD. The zero-shot classifier lists only the six ID classes.",
+        *(
+            [
+                "- The near-OOD classes were in the training data with captions of their own, so the model has seen",
+                "  every concept that the benchmark treats as near OOD. The zero-shot classifier lists only the six ID classes.",
+            ]
+            if seen_near_ood
+            else [
+                "- The near-OOD classes were not in the training data: the model has never seen an image or a caption",
+                "  of them.",
+            ]
+        ),
         "- Textures and clip art were not in the training data.",
         "- 28 × 28 grayscale input only; photographs or colour images are far outside what it has seen.",
         "",
@@ -771,13 +825,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train_parser = commands.add_parser("train", help="train the demo model on the Fashion-MNIST training split")
-    train_parser.add_argument("--epochs", type=int, default=DemoTrainConfig.epochs, help="number of passes over the 60 000 training images")
+    train_parser.add_argument("--epochs", type=int, default=DemoTrainConfig.epochs, help="number of passes over the training images")
     train_parser.add_argument("--seed", type=int, default=DemoTrainConfig.seed, help="seed of initialisation, batch order, augmentation and captions")
     train_parser.add_argument("--out", default=None, help="checkpoint path (default: the committed data/models/dsenergy-demo.pt)")
     train_parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="folder holding the four Fashion-MNIST .gz files")
     train_parser.add_argument("--batch-size", type=int, default=DemoTrainConfig.batch_size, help="images per optimiser step")
     train_parser.add_argument("--threads", type=int, default=DemoTrainConfig.threads, help="torch CPU threads")
     train_parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    train_parser.add_argument(
+        "--classes", choices=("all", "id"), default="all",
+        help="train on all ten classes (the demo model) or only on the six ID classes, "
+        "for a model that has never seen the near-OOD concepts (needs --out)",
+    )
 
     evaluate_parser = commands.add_parser("evaluate", help="compute the model-card numbers on the fashion-open splits")
     evaluate_parser.add_argument("--checkpoint", default=None, help="checkpoint to evaluate (default: the committed one)")

@@ -137,12 +137,17 @@ def _write_idx(path, array: np.ndarray) -> None:
         handle.write(header + array.tobytes())
 
 
-def test_train_command_writes_checkpoint(tmp_path):
-    # A tiny Fashion-MNIST folder written here replaces the Debian files, which CI lacks.
+def _write_tiny_fashion_mnist(folder) -> None:
+    """Write a Fashion-MNIST folder of 20 training and 12 test images (labels cycle through 0–9)."""
     rng = np.random.default_rng(0)
     for prefix, count in (("train", 20), ("t10k", 12)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(count) % 10).astype(np.uint8))
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(count) % 10).astype(np.uint8))
+
+
+def test_train_command_writes_checkpoint(tmp_path):
+    # A tiny Fashion-MNIST folder written here stands in for the Debian files, which a machine may lack.
+    _write_tiny_fashion_mnist(tmp_path)
     out = tmp_path / "models" / "demo.pt"
 
     demo.main(["train", "--epochs", "1", "--seed", "1", "--source", str(tmp_path), "--out", str(out),
@@ -155,6 +160,53 @@ def test_train_command_writes_checkpoint(tmp_path):
     assert len(record["epoch_losses"]) == 1
     assert record["sha256"] == demo._sha256(out)
     assert 0.0 <= record["id_test_accuracy_tensor_path"] <= 1.0
+
+
+def test_train_command_on_id_classes_only(tmp_path):
+    from dsenergy.data.fashion_open import FASHION_ID_CLASSES
+
+    _write_tiny_fashion_mnist(tmp_path)
+    out = tmp_path / "id-only.pt"
+
+    demo.main(["train", "--classes", "id", "--epochs", "1", "--source", str(tmp_path), "--out", str(out),
+               "--batch-size", "10", "--threads", "1"])
+
+    record = json.loads((tmp_path / "id-only.training.json").read_text())
+    # Labels 0–9 twice; the six ID classes are Fashion-MNIST labels 0, 1, 3, 5, 7 and 8.
+    assert record["train_images"] == 12
+    assert record["train_classes"] == list(FASHION_ID_CLASSES)
+
+
+def test_train_on_id_classes_needs_out(tmp_path):
+    with pytest.raises(SystemExit, match="--out"):
+        demo.main(["train", "--classes", "id", "--source", str(tmp_path)])
+
+
+def test_select_classes_relabels_by_kept_order():
+    images = np.arange(6).reshape(6, 1, 1)
+    labels = np.array([0, 1, 2, 3, 2, 0])
+
+    kept_images, kept_labels = demo._select_classes(images, labels, ["a", "b", "c", "d"], ["c", "a"])
+
+    assert kept_images.ravel().tolist() == [0, 2, 4, 5]
+    assert kept_labels.tolist() == [1, 0, 0, 1]
+    with pytest.raises(ValueError, match="'z'"):
+        demo._select_classes(images, labels, ["a", "b", "c", "d"], ["z"])
+
+
+def test_model_card_states_training_classes(tmp_path):
+    from dsenergy.data.fashion_open import FASHION_ID_CLASSES
+
+    training, evaluation = _committed_record("training"), _committed_record("evaluation")
+    all_classes, id_only = tmp_path / "all.md", tmp_path / "id.md"
+
+    demo.write_model_card(training, evaluation, all_classes)
+    demo.write_model_card({**training, "train_classes": list(FASHION_ID_CLASSES)}, evaluation, id_only)
+
+    assert "of all ten classes" in all_classes.read_text(encoding="utf-8")
+    assert "has seen\n  every concept" in all_classes.read_text(encoding="utf-8")
+    assert "of 6 classes (t-shirt/top, trouser" in id_only.read_text(encoding="utf-8")
+    assert "never seen an image or a caption" in id_only.read_text(encoding="utf-8")
 
 
 def test_saved_checkpoint_round_trips(tmp_path):
