@@ -597,6 +597,8 @@ def evaluate_demo_model(
         "id_test_accuracy": accuracy(id_similarities, id_labels),
         "positive": "id",
         "ood": {},
+        # How close each split's images come to their nearest ID class prompt; the energy reads this level.
+        "mean_max_cosine": {"id_test": float(id_similarities.max(dim=1).values.mean())},
     }
 
     # The same images through the training path: preprocess once to uint8, normalise as a batch.
@@ -630,6 +632,7 @@ def evaluate_demo_model(
         ood_features = extract_features_and_labels(bundle, ood_dataset, batch_size=batch_size, progress=False)[0]
         ood_similarities = classifier.similarities(ood_features)
         results["ood"][split] = {"images": len(ood_dataset)}
+        results["mean_max_cosine"][split] = float(ood_similarities.max(dim=1).values.mean())
         for name, score in score_functions.items():
             metrics = evaluate_ood(
                 score(id_similarities, temperature).numpy(), score(ood_similarities, temperature).numpy(), positive="id"
@@ -770,6 +773,12 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
     for split, numbers in evaluation["ood"].items():
         delta = numbers["ΔEnergy (c=1, a=0)"]["auroc"] - numbers["Energy"]["auroc"]
         lines.append(f"- {split_descriptions.get(split, split)}: {delta:+.4f}")
+    if "mean_max_cosine" in evaluation:
+        levels = "; ".join(
+            f"{'ID' if split == 'id_test' else split_descriptions.get(split, split)} {value:.3f}"
+            for split, value in evaluation["mean_max_cosine"].items()
+        )
+        lines += ["", f"Mean top cosine similarity to the six ID class prompts: {levels}."]
     lines += [
         "",
         "With c = 1 and a = 0, ΔE = −τ log(1 − p_max (1 − e^{−s_max/τ})). Where e^{−s_max/τ} is negligible,",

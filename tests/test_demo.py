@@ -209,6 +209,15 @@ def test_model_card_states_training_classes(tmp_path):
     assert "never seen an image or a caption" in id_only.read_text(encoding="utf-8")
 
 
+def test_model_card_lists_mean_top_cosine(tmp_path):
+    training, evaluation = _committed_record("training"), _committed_record("evaluation")
+    card = tmp_path / "card.md"
+
+    demo.write_model_card(training, {**evaluation, "mean_max_cosine": {"id_test": 0.74, "ood_near": 0.38}}, card)
+
+    assert "prompts: ID 0.740; near (pullover, coat, shirt, ankle boot) 0.380." in card.read_text(encoding="utf-8")
+
+
 def test_saved_checkpoint_round_trips(tmp_path):
     model = create_demo_model(seed=5)
     path = tmp_path / "demo.pt"
@@ -283,6 +292,7 @@ def test_evaluate_reports_model_card_numbers():
     assert results["id_test_accuracy"] == pytest.approx(recorded["id_test_accuracy"], abs=1e-9)
     assert results["id_test_accuracy_tensor_path"] == pytest.approx(results["id_test_accuracy"], abs=1e-3)
     assert set(results["ood"]) == {"ood_near", "ood_far", "ood_clipart"}
+    assert set(results["mean_max_cosine"]) == {"id_test", *results["ood"]}
     for split, numbers in results["ood"].items():
         for name in ("MSP", "Energy", "ΔEnergy (c=1, a=0)"):
             assert numbers[name]["auroc"] == pytest.approx(recorded["ood"][split][name]["auroc"], abs=1e-6), (split, name)

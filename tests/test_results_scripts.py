@@ -166,3 +166,36 @@ def test_single_seed_summary_shows_no_spread():
     frame = pd.DataFrame({"method": ["coop", "coop_ebm"], "seed": [1, 1], "ID acc": [0.9, 0.95]})
     lines = module.difference_lines(frame, ["ID acc"])
     assert lines[-1] == "| ID acc | 5.0 | +5.00 | n/a (one seed) |"
+
+
+def test_demo_variants_table_reads_committed_records(tmp_path):
+    from dsenergy.demo import demo_checkpoint_path
+
+    module = _load_script("demo_variants_table")
+    models = demo_checkpoint_path().parent
+    evaluation = json.loads((models / "dsenergy-demo.evaluation.json").read_text(encoding="utf-8"))
+
+    table = module.main(["--models", str(models), "--out", str(tmp_path)])
+
+    row = table.set_index("model").loc["dsenergy-demo"]
+    assert row["train_classes"] == "all 10"
+    assert row["near ΔE"] == evaluation["ood"]["ood_near"]["ΔEnergy (c=1, a=0)"]["auroc"]
+    assert row["near ΔE − Energy"] == pytest.approx(row["near ΔE"] - row["near Energy"])
+    assert "`dsenergy-demo` | all 10 | 0 |" in (tmp_path / "demo_variants.md").read_text(encoding="utf-8")
+    assert len(pd.read_csv(tmp_path / "demo_variants.csv")) == 1
+
+
+def test_demo_variants_table_rejects_mismatched_records(tmp_path):
+    from dsenergy.demo import demo_checkpoint_path
+
+    module = _load_script("demo_variants_table")
+    models = demo_checkpoint_path().parent
+    training = json.loads((models / "dsenergy-demo.training.json").read_text(encoding="utf-8"))
+    evaluation = json.loads((models / "dsenergy-demo.evaluation.json").read_text(encoding="utf-8"))
+    (tmp_path / "other.training.json").write_text(json.dumps({**training, "sha256": "0" * 64}), encoding="utf-8")
+    (tmp_path / "other.evaluation.json").write_text(json.dumps(evaluation), encoding="utf-8")
+
+    with pytest.raises(ValueError, match="evaluate the checkpoint again"):
+        module.main(["--models", str(tmp_path), "--out", str(tmp_path / "out")])
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        module.main(["--models", str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "out")])
