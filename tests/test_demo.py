@@ -218,6 +218,27 @@ def test_model_card_lists_mean_top_cosine(tmp_path):
     assert "prompts: ID 0.740; near (pullover, coat, shirt, ankle boot) 0.380." in card.read_text(encoding="utf-8")
 
 
+def test_template_cosine_of_the_committed_model():
+    from dsenergy.models import load_clip
+
+    bundle = load_clip(DEMO_MODEL_NAME)
+
+    repeated = demo._template_cosine(bundle, ["bag", "sandal"], ["a photo of a {}.", "a photo of a {}."])
+    varied = demo._template_cosine(bundle, ["bag", "sandal"], list(DEMO_TEMPLATES[:4]))
+
+    assert repeated["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= varied["min"] <= varied["mean"] <= 1.0 + 1e-6
+
+
+def test_model_card_states_template_cosine(tmp_path):
+    training, evaluation = _committed_record("training"), _committed_record("evaluation")
+    card = tmp_path / "card.md"
+
+    demo.write_model_card(training, {**evaluation, "template_cosine": {"mean": 0.99991, "min": 0.9982}}, card)
+
+    assert "is 0.9999 on average\n  (smallest 0.9982)" in card.read_text(encoding="utf-8")
+
+
 def test_saved_checkpoint_round_trips(tmp_path):
     model = create_demo_model(seed=5)
     path = tmp_path / "demo.pt"
@@ -293,6 +314,7 @@ def test_evaluate_reports_model_card_numbers():
     assert results["id_test_accuracy_tensor_path"] == pytest.approx(results["id_test_accuracy"], abs=1e-3)
     assert set(results["ood"]) == {"ood_near", "ood_far", "ood_clipart"}
     assert set(results["mean_max_cosine"]) == {"id_test", *results["ood"]}
+    assert results["template_cosine"]["min"] <= results["template_cosine"]["mean"]
     for split, numbers in results["ood"].items():
         for name in ("MSP", "Energy", "ΔEnergy (c=1, a=0)"):
             assert numbers[name]["auroc"] == pytest.approx(recorded["ood"][split][name]["auroc"], abs=1e-6), (split, name)
