@@ -442,6 +442,14 @@ records.record("headline", headline, description="ID accuracy, mean covariate ac
 pd.DataFrame({method: {"ID accuracy": values["id_accuracy"], "covariate accuracy": values["covariate_accuracy"],
                        **{f"AUROC ΔE {viz.split_label(split)}": auroc for split, auroc in values["auroc"].items()}}
               for method, values in headline.items()}).T.style.format("{:.3f}")""",
+    """### Why the rows are close on the demo model
+
+With the bundled `dsenergy-demo`, expect the three rows to differ by less than a point. Its text tower
+gives a class name nearly the same feature whatever words surround it (the model card reports a cosine
+above 0.999 between any two training templates of one class), so the context vectors have little to
+change. Its zero-shot classifier also comes from captions of the very images it classifies. A CLIP
+whose prompts were not fitted to your images (`-p model ... -p pretrained ...`) leaves the context
+more to learn.""",
     """## Sweep of the EBM weight λ
 
 λ = 0 is plain CoOp. Each point is one training run with the settings above; at smoke size the
