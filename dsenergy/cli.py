@@ -75,9 +75,11 @@ def _command_run(args: argparse.Namespace) -> int:
         logger.error("invalid parameters: %s", error)
         return 2
     except NotebookExecutionError as error:
-        logger.error("%s", error)
+        # The runner has already logged the failing notebook and cell.
         if error.result is not None:
-            logger.error("partial results: %s", error.result.out_dir / "results.md")
+            logger.error("run stopped by the failure above; partial results: %s", error.result.out_dir / "results.md")
+        else:
+            logger.error("%s", error)
         return 1
     except (FileNotFoundError, ValueError) as error:
         logger.error("%s", error)

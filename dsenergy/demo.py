@@ -481,7 +481,7 @@ def _select_classes(
 def _run_training(args: argparse.Namespace) -> None:
     """Train the demo model from the Fashion-MNIST files and write the checkpoint and its training record."""
     from dsenergy.data.fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist
-    from dsenergy.data.fashion_open import FASHION_ID_CLASSES
+    from dsenergy.data.fashion_open import FASHION_ID_CLASSES, FASHION_OPEN_SPEC
 
     config = DemoTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, threads=args.threads, device=args.device
@@ -491,6 +491,19 @@ def _run_training(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"--classes {args.classes} trains a model for comparison, not the demo model; "
             "pass --out PATH so that the committed checkpoint is not overwritten"
+        )
+    committed = demo_checkpoint_path()
+    if out.resolve() == committed.resolve() and committed.is_file() and not args.replace_committed:
+        raise SystemExit(
+            f"{committed} is the committed demo model, which the model card, the notebooks' test bands and the "
+            "results tables describe; pass --out PATH to train a new checkpoint elsewhere, or --replace-committed "
+            "to retrain it in place (then run `python -m dsenergy.demo evaluate --card data/models/MODEL_CARD.md`)"
+        )
+    source = Path(args.source)
+    if not source.is_dir():
+        raise SystemExit(
+            f"Fashion-MNIST folder {source} not found; install the Debian package dataset-fashion-mnist "
+            "or pass --source DIR holding the four .gz files"
         )
     load_average_start = os.getloadavg()[0]
     started = time.perf_counter()
@@ -549,8 +562,9 @@ def _run_training(args: argparse.Namespace) -> None:
     record_path = out.with_name(out.stem + ".training.json")
     record_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     logger.info(
-        "Saved %s (%d bytes, sha256 %s) after %.0f s; zero-shot accuracy on the %d ID test images: %.4f",
-        out, record["file_bytes"], sha256, train_seconds, len(test_targets), accuracy,
+        "Saved %s (%d bytes, sha256 %s) after %.0f s; zero-shot accuracy on all %d Fashion-MNIST test images "
+        "of the ID classes: %.4f (the model card reports fashion-open id_test, %d of these images per class)",
+        out, record["file_bytes"], sha256, train_seconds, len(test_targets), accuracy, FASHION_OPEN_SPEC.id_test_per_class,
     )
 
 
@@ -728,8 +742,8 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "## Training",
         "",
         f"- Command: `{training['command']}`. " + (
-            "Without `--out` it overwrites the committed `dsenergy-demo.pt` and\n"
-            "  `dsenergy-demo.training.json` in `data/models/`; pass `--out PATH` to keep them."
+            "Run again, it needs `--replace-committed` to overwrite the committed\n"
+            "  `dsenergy-demo.pt` and `dsenergy-demo.training.json` in `data/models/`; `--out PATH` trains a copy elsewhere."
             if file_name == _CHECKPOINT_FILE
             else "It writes the checkpoint and its training record where `--out` says."
         ),
@@ -836,6 +850,10 @@ def _run_evaluation(args: argparse.Namespace) -> None:
     """Evaluate a checkpoint, write its evaluation record beside it and, if asked, the model card."""
     torch.set_num_threads(args.threads)
     checkpoint = Path(args.checkpoint) if args.checkpoint else demo_checkpoint_path()
+    if not checkpoint.is_file():
+        raise SystemExit(
+            f"checkpoint {checkpoint} not found; pass --checkpoint PATH to a file written by `python -m dsenergy.demo train`"
+        )
     results = evaluate_demo_model(checkpoint)
     record_path = checkpoint.with_name(checkpoint.stem + ".evaluation.json")
     record_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -855,18 +873,44 @@ def _run_evaluation(args: argparse.Namespace) -> None:
         logger.info("Wrote %s", args.card)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        parser.error(f"--device {device!r} is not a torch device ({error}); use cpu or cuda")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device!r} asks for CUDA, but torch sees no CUDA device here; use --device cpu")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``train`` or ``evaluate`` command of the demo model."""
+    formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="python -m dsenergy.demo", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train_parser = commands.add_parser("train", help="train the demo model on the Fashion-MNIST training split")
-    train_parser.add_argument("--epochs", type=int, default=DemoTrainConfig.epochs, help="number of passes over the training images")
+    train_parser = commands.add_parser(
+        "train", help="train the demo model on the Fashion-MNIST training split", formatter_class=formatter
+    )
+    train_parser.add_argument("--epochs", type=_positive_int, default=DemoTrainConfig.epochs, help="number of passes over the training images")
     train_parser.add_argument("--seed", type=int, default=DemoTrainConfig.seed, help="seed of initialisation, batch order, augmentation and captions")
-    train_parser.add_argument("--out", default=None, help="checkpoint path (default: the committed data/models/dsenergy-demo.pt)")
+    train_parser.add_argument(
+        "--out", default=None,
+        help="checkpoint path; without it the committed data/models/dsenergy-demo.pt, which needs --replace-committed",
+    )
+    train_parser.add_argument(
+        "--replace-committed", action="store_true",
+        help="allow overwriting the committed checkpoint and training record (then re-run evaluate --card)",
+    )
     train_parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="folder holding the four Fashion-MNIST .gz files")
-    train_parser.add_argument("--batch-size", type=int, default=DemoTrainConfig.batch_size, help="images per optimiser step")
-    train_parser.add_argument("--threads", type=int, default=DemoTrainConfig.threads, help="torch CPU threads")
+    train_parser.add_argument("--batch-size", type=_positive_int, default=DemoTrainConfig.batch_size, help="images per optimiser step")
+    train_parser.add_argument("--threads", type=_positive_int, default=DemoTrainConfig.threads, help="torch CPU threads")
     train_parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     train_parser.add_argument(
         "--classes", choices=("all", "id"), default="all",
@@ -874,19 +918,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         "for a model that has never seen the near-OOD concepts (needs --out)",
     )
 
-    evaluate_parser = commands.add_parser("evaluate", help="compute the model-card numbers on the fashion-open splits")
-    evaluate_parser.add_argument("--checkpoint", default=None, help="checkpoint to evaluate (default: the committed one)")
+    evaluate_parser = commands.add_parser(
+        "evaluate", help="compute the model-card numbers on the fashion-open splits", formatter_class=formatter
+    )
+    evaluate_parser.add_argument(
+        "--checkpoint", default=None,
+        help="checkpoint to evaluate; its evaluation record is written beside it (default: the committed one)",
+    )
     evaluate_parser.add_argument("--card", default=None, help="also write the model card to this path (e.g. data/models/MODEL_CARD.md)")
-    evaluate_parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    evaluate_parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads")
 
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
     if args.command == "train":
-        _run_training(args)
-    else:
-        _run_evaluation(args)
+        _check_device(train_parser, args.device)
+    # The kit's own progress at INFO; other libraries (open_clip logs every model creation) only from WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("dsenergy").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+
+    try:
+        if args.command == "train":
+            _run_training(args)
+        else:
+            _run_evaluation(args)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

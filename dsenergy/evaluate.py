@@ -322,6 +322,15 @@ def detection_table(
 
     ``ood_scores`` maps split name -> score name -> values; ``id_scores`` maps score name -> values.
     """
+    for split, per_score in ood_scores.items():
+        for name in per_score:
+            if name not in id_scores:
+                raise ValueError(f"score {name!r} of OOD split {split!r} has no ID scores; id_scores has only {sorted(id_scores)}")
+            if name not in temperatures:
+                raise ValueError(
+                    f"no temperature for score {name!r}; pass the τ of every score, as compute_scores returns them "
+                    "(None for a score without τ)"
+                )
     rows = []
     for split, per_score in ood_scores.items():
         for name, values in per_score.items():

@@ -41,6 +41,7 @@ __all__ = [
     "load_clip",
     "register_model_config",
     "resolve_device",
+    "weights_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,32 @@ def _check_model_name(name: str, pretrained: str | None) -> None:
     )
 
 
+def weights_problem(name: str, pretrained: str | None) -> str | None:
+    """Say what is wrong with a (model, pretrained) pair before anything is loaded, or return ``None``.
+
+    Checks what can be checked offline: the architecture name against open_clip's registry (plus the
+    demo model), and ``pretrained`` as an existing file or one of the model's open_clip tags.
+    ``hf-hub:`` names are left to :func:`load_clip`, which needs the hub or its cache to resolve them.
+    """
+    if name == _demo_model_name():
+        from dsenergy import demo
+
+        demo.register_demo_config()
+    if name.startswith(_HUB_PREFIX):
+        return None
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
+        return (f"model {name!r} is not an open_clip architecture (close names: {', '.join(close) or 'none'}); "
+                "use a name from open_clip.list_models() or register a config with dsenergy.models.register_model_config")
+    if pretrained is None or pretrained.startswith(_HUB_PREFIX):
+        return None
+    tags = _known_tags(name)
+    if pretrained in tags or Path(pretrained).expanduser().is_file():
+        return None
+    return (f"pretrained {pretrained!r} is neither an existing checkpoint file nor an open_clip tag of model {name!r} "
+            f"(its tags: {', '.join(tags) or 'none'}); give the path of a local checkpoint file, one of those tags, or null")
+
+
 class _MessageFilter(logging.Filter):
     """Drop log records whose message starts with a given prefix."""
 
@@ -408,7 +435,24 @@ def _prepare_demo(name: str, pretrained: str | None) -> tuple[str, str | None]:
             f"Checkpoint of model {name!r} (pretrained=None) not found at {path}. Train it with "
             f"`python -m dsenergy.demo train`, or {_LOCAL_HINT}."
         )
+    _warn_if_unrecorded(Path(path))
     return name, str(path)
+
+
+def _warn_if_unrecorded(path: Path) -> None:
+    """Warn when the demo checkpoint is not the one its training record (and so its model card) describes."""
+    record_path = path.with_name(path.stem + ".training.json")
+    if not record_path.is_file():
+        return
+    recorded = json.loads(record_path.read_text(encoding="utf-8")).get("sha256")
+    actual = file_sha256(path)
+    if recorded and recorded != actual:
+        logger.warning(
+            "The demo checkpoint %s (sha256 %s…) is not the one its training record and model card describe "
+            "(sha256 %s…); the notebooks' reference numbers will not match. Restore the committed file with "
+            "`git checkout -- data/models/`.",
+            path, actual[:12], recorded[:12],
+        )
 
 
 def _hub_offline() -> bool:

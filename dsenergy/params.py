@@ -360,7 +360,21 @@ def validate(
 
     _check_splits(converted)
     _check_top_c(converted, selected)
+    _check_weights(converted)
     return converted
+
+
+def _check_weights(values: Mapping[str, Any]) -> None:
+    """Check the model name and its weights source as far as that is possible offline."""
+    if "model" not in values and "pretrained" not in values:
+        return
+    from dsenergy.models import weights_problem
+
+    model = values.get("model", SCHEMA["model"].default)
+    problem = weights_problem(model, values.get("pretrained", SCHEMA["pretrained"].default))
+    if problem:
+        name = "model" if problem.startswith("model") else "pretrained"
+        raise ParameterError(f"parameter {name!r}: {problem}")
 
 
 def _id_class_count(values: Mapping[str, Any]) -> int | None:

@@ -350,6 +350,8 @@ def run_notebooks(
     if missing:
         raise FileNotFoundError(f"notebook {missing[0]}.ipynb not found in {source}")
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is an existing file; choose a folder path (it is created if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = find_kernel(kernel_name, spec_dir=out_dir / ".jupyter")
     run = RunResult(
@@ -448,7 +450,9 @@ def _results_markdown(run: RunResult) -> str:
         for name, entry in tables:
             lines += ["", f"### {name}", ""]
             if entry.get("unit") or entry.get("description"):
-                lines += [" ".join(filter(None, [entry.get("description"), entry.get("unit")])), ""]
+                unit = f"Unit: {entry['unit']}." if entry.get("unit") else ""
+                description = entry.get("description", "").rstrip(".")
+                lines += [" ".join(filter(None, [f"{description}." if description else "", unit])), ""]
             lines += _markdown_table(entry["value"])
         if not result.records and result.status != "skipped":
             lines.append("No records.")

@@ -207,7 +207,7 @@ viz.plot_sweep(mask_sweep, "mask_fraction", "delta_energy_feature_mask", hue="sp
                title="feature-mask ΔE", ylabel="AUROC")
 figure.tight_layout()
 plt.show()
-records.record("auroc_vs_temperature", temperature_sweep, unit="AUROC, ID positive", description="ΔE crop and MSP (float32; MSP ties at 1.0 for small τ), a = crop_value")
+records.record("auroc_vs_temperature", temperature_sweep, unit="AUROC, ID positive", description=f"ΔE crop and MSP (float32; MSP ties at 1.0 for small τ), a = {crop_value:g}")
 records.record("auroc_vs_mask_fraction", mask_sweep, unit="AUROC, ID positive")""",
     """## Recorded numbers
 
@@ -500,10 +500,11 @@ the interval of the relevant gain: *held* when the whole interval is above the c
     PARAMETERS,
     """## Setup
 
-Check the parameters, start the records file, load the model and encode a fixed sample of every
-test split (sampling seed 0 for all training seeds).""",
+Check the parameters, start the records file, load the model and encode one sample of every test
+split, drawn with the first of `seeds` and shared by all training seeds. With the default seeds it is
+the sample that notebooks 01–04 draw with their default `seed`, so their ID accuracies agree.""",
     setup("05_evaluation", "from pathlib import Path\n"),
-    """test = bench.test_splits(["id_test", *ood_splits, *covariate_splits], n_per_split, seed=0)
+    """test = bench.test_splits(["id_test", *ood_splits, *covariate_splits], n_per_split, seed=seeds[0])
 detection_scores = [name for name in score_names if name in scores.SCORES]
 training = dict(epochs=epochs, n_ctx=n_context, lr=learning_rate, top_c=top_c, crop_value=crop_value, bound=bound,
                 temperature=temperature)
@@ -540,16 +541,17 @@ for method, method_runs in runs.items():
             selected = results[(results.method == method) & (results.score == name) & (results.split == split)]
             interval = evaluate.auroc_ci(method_runs, name, split, n_bootstrap=n_bootstrap, confidence=confidence)
             rows.append({"method": method, "score": name, "ood_split": split,
-                         "auroc": viz.mean_std(selected[selected.metric == "auroc"]["value"]),
-                         "auroc_ci": f"[{interval['low']:.3f}, {interval['high']:.3f}]",
-                         "fpr95": viz.mean_std(selected[selected.metric == "fpr95"]["value"]),
-                         "auroc_mean": interval["value"], "auroc_low": interval["low"], "auroc_high": interval["high"]})
+                         "AUROC ± std": viz.mean_std(selected[selected.metric == "auroc"]["value"]),
+                         "AUROC interval": f"[{interval['low']:.3f}, {interval['high']:.3f}]",
+                         "FPR95 ± std": viz.mean_std(selected[selected.metric == "fpr95"]["value"]),
+                         "auroc_seed_mean": interval["value"], "auroc_ci_low": interval["low"],
+                         "auroc_ci_high": interval["high"]})
 detection = pd.DataFrame(rows)
 taus = {name: scores.reported_temperature(name, bench.temperature, temperature) for name in detection_scores}
 caption = viz.table_caption(positive, taus) + f" Intervals: {confidence:.0%} bootstrap over test images, {n_bootstrap} resamples."
 records.record("detection", detection, unit=caption)
 display(Markdown(caption))
-detection.pivot(index=["method", "score"], columns="ood_split", values=["auroc", "auroc_ci", "fpr95"])""",
+detection.pivot(index=["method", "score"], columns="ood_split", values=["AUROC ± std", "AUROC interval", "FPR95 ± std"])""",
     """## Classification accuracy under covariate shift
 
 Top-1 accuracy on the ID test split and on each covariate split, mean ± std over seeds, and the
@@ -561,12 +563,13 @@ for method, method_runs in runs.items():
     for split in ["id_test", *covariate_splits]:
         row[split] = viz.mean_std(selected[selected.split == split]["value"])
     interval = evaluate.accuracy_ci(method_runs, covariate_splits, n_bootstrap=n_bootstrap, confidence=confidence)
-    row.update({"covariate mean": f"{interval['value']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]",
-                "covariate_mean": interval["value"], "covariate_low": interval["low"], "covariate_high": interval["high"]})
+    row.update({"covariate mean [interval]": f"{interval['value']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]",
+                "covariate_seed_mean": interval["value"], "covariate_ci_low": interval["low"],
+                "covariate_ci_high": interval["high"]})
     rows.append(row)
 accuracy = pd.DataFrame(rows)
 records.record("accuracy", accuracy, unit="top-1 accuracy; mean ± std over seeds")
-accuracy.drop(columns=["covariate_mean", "covariate_low", "covariate_high"])""",
+accuracy.drop(columns=["covariate_seed_mean", "covariate_ci_low", "covariate_ci_high"])""",
     """## Did the paper's claims hold here?
 
 Each row names a claim, the gain it implies, the gain measured here with its interval, and the verdict

@@ -16,8 +16,9 @@ records hold their sha256.
 Per model: the training classes, seed, epochs, zero-shot ID accuracy, τ, and per OOD split the
 AUROC (ID positive) of MSP, Energy and ΔEnergy (c = 1, a = 0, model τ), ΔEnergy − Energy, and the
 mean top cosine similarity of the split's images to the ID class prompts where the record has it.
-Outputs under ``--out`` (default ``results/demo-variants/``): ``demo_variants.csv`` and
-``demo_variants.md``.
+A model's two records must lie side by side, as ``train`` and ``evaluate`` write them; a model
+whose name repeats across folders is shown as ``<folder>/<name>``. Outputs under ``--out`` (default
+``results/demo-variants/``): ``demo_variants.csv`` and ``demo_variants.md``.
 
 Run: ``python scripts/demo_variants_table.py [--models DIR_OR_JSON ...] [--out DIR]``.
 """
@@ -58,11 +59,16 @@ def find_evaluation_records(paths: Sequence[str | Path]) -> list[Path]:
     records: list[Path] = []
     for path in map(Path, paths):
         if path.is_file():
+            if not path.name.endswith(".evaluation.json"):
+                raise ValueError(f"{path} is not an evaluation record; pass a *.evaluation.json file or the folder holding it")
             records.append(path)
         elif path.is_dir():
             records.extend(sorted(path.glob("*.evaluation.json")))
         else:
             raise FileNotFoundError(f"{path} is neither an evaluation record nor a folder; pass *.evaluation.json files or folders")
+    duplicates = sorted({str(path) for path in records if records.count(path) > 1})
+    if duplicates:
+        raise ValueError(f"{duplicates} named more than once in --models; name each record once")
     if not records:
         raise FileNotFoundError(
             f"no *.evaluation.json under {[str(path) for path in paths]}; "
@@ -75,7 +81,16 @@ def default_model_paths() -> list[Path]:
     """Return the committed demo model's folder and every folder under ``results/demo-variants``."""
     variants = REPO_ROOT / "results" / "demo-variants"
     folders = sorted(path for path in variants.iterdir() if path.is_dir()) if variants.is_dir() else []
+    if not folders:
+        logger.warning("no model folders under %s; the table lists the committed demo model only", variants)
     return [REPO_ROOT / "data" / "models", *folders]
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); write it again with python -m dsenergy.demo") from None
 
 
 def model_row(evaluation_path: Path) -> dict[str, Any]:
@@ -84,8 +99,14 @@ def model_row(evaluation_path: Path) -> dict[str, Any]:
     training_path = evaluation_path.with_name(f"{stem}.training.json")
     if not training_path.is_file():
         raise FileNotFoundError(f"{training_path} not found beside {evaluation_path}; it is written by `python -m dsenergy.demo train`")
-    evaluation = json.loads(evaluation_path.read_text(encoding="utf-8"))
-    training = json.loads(training_path.read_text(encoding="utf-8"))
+    evaluation, training = _read_record(evaluation_path), _read_record(training_path)
+    for path, record, keys in (
+        (evaluation_path, evaluation, ("weights_id", "id_test_accuracy", "temperature", "ood")),
+        (training_path, training, ("sha256", "seed", "config")),
+    ):
+        missing = [key for key in keys if key not in record]
+        if missing:
+            raise ValueError(f"{path} lacks {missing}; write it again with python -m dsenergy.demo")
     if evaluation["weights_id"] != f"sha256:{training['sha256']}":
         raise ValueError(
             f"{evaluation_path} evaluates {evaluation['weights_id']} but {training_path} trained sha256:{training['sha256']}; "
@@ -157,7 +178,13 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     records = find_evaluation_records(args.models if args.models else default_model_paths())
-    table = pd.DataFrame([model_row(path) for path in records])
+    rows = [model_row(path) for path in records]
+    # Checkpoints of the same file name in different folders get their folder name in front.
+    names = [row["model"] for row in rows]
+    for row, path in zip(rows, records):
+        if names.count(row["model"]) > 1:
+            row["model"] = f"{path.parent.name}/{row['model']}"
+    table = pd.DataFrame(rows)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,4 +195,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None

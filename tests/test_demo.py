@@ -182,6 +182,42 @@ def test_train_on_id_classes_needs_out(tmp_path):
         demo.main(["train", "--classes", "id", "--source", str(tmp_path)])
 
 
+def test_train_keeps_the_committed_checkpoint_unless_told(tmp_path, monkeypatch):
+    source = tmp_path / "fashion-mnist"
+    source.mkdir()
+    _write_tiny_fashion_mnist(source)
+    monkeypatch.setenv("DSENERGY_DATA_DIR", str(tmp_path))
+    committed = tmp_path / "models" / "dsenergy-demo.pt"
+    committed.parent.mkdir()
+    committed.write_bytes(b"committed weights")
+    options = ["--epochs", "1", "--source", str(source), "--batch-size", "10", "--threads", "1"]
+
+    with pytest.raises(SystemExit, match="--replace-committed"):
+        demo.main(["train", *options])
+    assert committed.read_bytes() == b"committed weights"
+
+    demo.main(["train", *options, "--replace-committed"])
+    assert committed.read_bytes() != b"committed weights"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["train", "--epochs", "0", "--out", "x.pt"], "--epochs: must be a positive integer, got 0"),
+        (["train", "--threads", "-1", "--out", "x.pt"], "--threads: must be a positive integer, got -1"),
+        (["train", "--out", "x.pt", "--source", "no-such-folder"], "pass --source DIR"),
+        (["evaluate", "--checkpoint", "no-such-file.pt"], "pass --checkpoint PATH"),
+    ],
+)
+def test_command_line_rejects_bad_values(tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(SystemExit) as raised:
+        demo.main(arguments)
+
+    assert message in str(raised.value.code) + capsys.readouterr().err
+
+
 def test_select_classes_relabels_by_kept_order():
     images = np.arange(6).reshape(6, 1, 1)
     labels = np.array([0, 1, 2, 3, 2, 0])

@@ -238,3 +238,13 @@ def test_headline_row_flattens_aurocs():
     })
     row = evaluate.headline_row(evaluate.headline_metrics(table))
     assert row == {"id_accuracy": 0.9, "covariate_accuracy": 0.6, "auroc_ood_near": 0.8, "auroc_ood_far": 0.7}
+
+
+def test_detection_table_names_missing_inputs():
+    text, features, _ = clustered_features()
+    values, taus = evaluate.compute_scores(["msp", "energy"], features["id_test"], text, 0.05)
+
+    with pytest.raises(ValueError, match="no temperature for score 'energy'"):
+        evaluate.detection_table(values, {"ood_far": values}, {"msp": taus["msp"]})
+    with pytest.raises(ValueError, match="'mcm' of OOD split 'ood_far' has no ID scores"):
+        evaluate.detection_table(values, {"ood_far": {"mcm": values["msp"]}}, {**taus, "mcm": 1.0})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import time
@@ -393,3 +394,20 @@ def test_demo_model_without_checkpoint(tmp_path, monkeypatch):
     assert str(tmp_path / "models") in message
     assert "python -m dsenergy.demo train" in message
     assert LOCAL_HINT in message
+
+
+@pytest.mark.parametrize("recorded_matches", [True, False])
+def test_demo_checkpoint_checked_against_its_record(tmp_path, monkeypatch, caplog, recorded_matches):
+    demo = pytest.importorskip("dsenergy.demo", reason="dsenergy.demo is not available")
+    monkeypatch.setenv("DSENERGY_DATA_DIR", str(tmp_path))
+    path = tmp_path / "models" / "dsenergy-demo.pt"
+    sha256 = demo.save_demo_checkpoint(demo.create_demo_model(seed=3), path)
+    record = {"sha256": sha256 if recorded_matches else "0" * 64}
+    (tmp_path / "models" / "dsenergy-demo.training.json").write_text(json.dumps(record), encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING, logger="dsenergy.models"):
+        bundle = load_clip(demo.DEMO_MODEL_NAME)
+
+    assert bundle.weights_id == f"sha256:{sha256}"
+    warned = [record.getMessage() for record in caplog.records if "is not the one its training record" in record.getMessage()]
+    assert len(warned) == (0 if recorded_matches else 1)

@@ -227,7 +227,7 @@ def test_evaluation_table_and_claims(smoke_run):
 
     detection = recorded["detection"]
     for row in detection:
-        assert row["auroc_low"] <= row["auroc_mean"] <= row["auroc_high"]
+        assert row["auroc_ci_low"] <= row["auroc_seed_mean"] <= row["auroc_ci_high"]
 
     claims = recorded["claims"]
     evaluated = [claim for claim in claims if claim["ci_low"] is not None]

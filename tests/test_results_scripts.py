@@ -199,3 +199,20 @@ def test_demo_variants_table_rejects_mismatched_records(tmp_path):
         module.main(["--models", str(tmp_path), "--out", str(tmp_path / "out")])
     with pytest.raises(FileNotFoundError, match="no-such-folder"):
         module.main(["--models", str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "out")])
+
+
+def test_demo_variants_table_tells_same_named_models_apart(tmp_path):
+    from dsenergy.demo import demo_checkpoint_path
+
+    module = _load_script("demo_variants_table")
+    models = demo_checkpoint_path().parent
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+        for kind in ("training", "evaluation"):
+            (tmp_path / folder / f"dsenergy-demo.{kind}.json").write_bytes((models / f"dsenergy-demo.{kind}.json").read_bytes())
+
+    table = module.main(["--models", str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(tmp_path / "out")])
+
+    assert list(table["model"]) == ["first/dsenergy-demo", "second/dsenergy-demo"]
+    with pytest.raises(ValueError, match="named more than once"):
+        module.main(["--models", str(tmp_path / "first"), str(tmp_path / "first"), "--out", str(tmp_path / "out")])

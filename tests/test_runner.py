@@ -172,6 +172,9 @@ def test_parameters_file(tmp_path):
         ({"covariate_splits": ["covariate/fog/2"]}, "fashion-open has no split 'covariate/fog/2'"),
         ({"ood_splits": ["id_test"]}, "must start with 'ood'"),
         ({"model": None}, "parameter 'model' must be a str"),
+        ({"model": "ViT-B-32x"}, "parameter 'model': model 'ViT-B-32x' is not an open_clip architecture \\(close names: ViT-B-32"),
+        ({"pretrained": "/no/such/weights.pt"}, "parameter 'pretrained': pretrained '/no/such/weights.pt' is neither"),
+        ({"model": "ViT-B-32", "pretrained": "opena"}, "tags: openai, "),
     ],
 )
 def test_validate_names_bad_parameter(values, message):
@@ -228,6 +231,24 @@ def test_validate_device_availability():
         with pytest.raises(params.ParameterError, match="MPS is not available.*use 'auto' or 'cpu'"):
             params.validate({"device": "mps"})
     assert params.validate({"device": "cpu"})["device"] == "cpu"
+
+
+def test_validate_accepts_existing_weights_sources(tmp_path):
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(b"not inspected before loading")
+
+    assert params.validate({"model": "ViT-B-32", "pretrained": "openai"})["pretrained"] == "openai"
+    assert params.validate({"pretrained": str(checkpoint)})["pretrained"] == str(checkpoint)
+    assert params.validate({"model": "hf-hub:someone/some-clip"})["model"] == "hf-hub:someone/some-clip"
+
+
+def test_output_folder_that_is_a_file_is_rejected(tmp_path):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me", encoding="utf-8")
+
+    with pytest.raises(ValueError, match="is an existing file; choose a folder path"):
+        run_notebooks({}, out_dir=target, smoke=True)
+    assert target.read_text(encoding="utf-8") == "keep me"
 
 
 def test_validate_converts_values():
