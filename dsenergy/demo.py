@@ -742,8 +742,8 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "## Training",
         "",
         f"- Command: `{training['command']}`. " + (
-            "Run again, it needs `--replace-committed` to overwrite the committed\n"
-            "  `dsenergy-demo.pt` and `dsenergy-demo.training.json` in `data/models/`; `--out PATH` trains a copy elsewhere."
+            "Running it again needs `--replace-committed`, which overwrites the\n"
+            "  committed `dsenergy-demo.pt` and `dsenergy-demo.training.json` in `data/models/`; `--out PATH` trains a copy elsewhere."
             if file_name == _CHECKPOINT_FILE
             else "It writes the checkpoint and its training record where `--out` says."
         ),
