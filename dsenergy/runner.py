@@ -420,6 +420,18 @@ def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _describe_pretrained(parameters: Mapping[str, Any]) -> str:
+    """Return the ``pretrained`` parameter, saying what ``None`` loads for the chosen model."""
+    from dsenergy.demo import DEMO_MODEL_NAME
+
+    pretrained = parameters.get("pretrained")
+    if pretrained is not None:
+        return str(pretrained)
+    if parameters.get("model") == DEMO_MODEL_NAME:
+        return "None, the committed demo checkpoint; the weights_id records give its sha256"
+    return "None, random weights"
+
+
 def _results_markdown(run: RunResult) -> str:
     status = "all notebooks ran" if run.ok else "FAILED"
     lines = [
@@ -427,7 +439,7 @@ def _results_markdown(run: RunResult) -> str:
         "",
         f"Run started {run.started}, took {run.duration_s:.0f} s, {status}. "
         f"Smoke size: {run.smoke}. Model: {run.parameters.get('model')} "
-        f"(pretrained: {run.parameters.get('pretrained')}), benchmark: {run.parameters.get('benchmark')}.",
+        f"(pretrained: {_describe_pretrained(run.parameters)}), benchmark: {run.parameters.get('benchmark')}.",
         "",
         "| notebook | status | time (s) | records |",
         "|---|---|---|---|",

@@ -84,6 +84,7 @@ def test_results_json_and_markdown(smoke_run):
     assert "| 01_energy_change | ok |" in markdown
     assert "| seed_seen | 7 |" in markdown
     assert "| ood_near | 0.75 |" in markdown
+    assert "(pretrained: None, the committed demo checkpoint;" in markdown
 
 
 def test_failure_names_notebook_and_cell(tmp_path):
