@@ -687,8 +687,9 @@ def _describe_machine(machine: dict[str, Any]) -> str:
     if "load_average_start" in machine:
         start, end = machine["load_average_start"], machine["load_average_end"]
         text += f"; 1-minute load average {start:.1f} at the start and {end:.1f} at the end"
-        # The training's own threads add about torch_threads to the load at the end.
-        if start > 1.0 or end > machine["torch_threads"] + 0.5:
+        # The training's own threads add about torch_threads to the load at the end. The start value
+        # lags by a minute, so it may still count a job that had just finished, and is not judged.
+        if end > machine["torch_threads"] + 0.5:
             text += ", so other jobs shared the CPU"
     return text
 
