@@ -216,3 +216,12 @@ def test_demo_variants_table_tells_same_named_models_apart(tmp_path):
     assert list(table["model"]) == ["first/dsenergy-demo", "second/dsenergy-demo"]
     with pytest.raises(ValueError, match="named more than once"):
         module.main(["--models", str(tmp_path / "first"), str(tmp_path / "first"), "--out", str(tmp_path / "out")])
+
+
+def test_committed_demo_variants_table_matches_its_records(tmp_path):
+    module = _load_script("demo_variants_table")
+    committed = module.REPO_ROOT / "results" / "demo-variants" / "demo_variants.md"
+
+    module.main(["--out", str(tmp_path)])
+
+    assert (tmp_path / "demo_variants.md").read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")
