@@ -318,7 +318,8 @@ def _convert(parameter: Parameter, value: Any) -> Any:
         path = Path(value).expanduser()
         if not path.exists():
             raise ParameterError(f"parameter {name!r}: path {str(path)!r} does not exist; {parameter.help}")
-        return str(path)
+        # Notebooks run in their own working folder, so a relative path is made absolute here.
+        return str(path.resolve())
     if kind.startswith("list["):
         item_kind = kind[5:-1]
         if not isinstance(value, (list, tuple)):
@@ -361,6 +362,9 @@ def validate(
     _check_splits(converted)
     _check_top_c(converted, selected)
     _check_weights(converted)
+    pretrained = converted.get("pretrained")
+    if isinstance(pretrained, str) and not pretrained.startswith("hf-hub:") and Path(pretrained).expanduser().is_file():
+        converted["pretrained"] = str(Path(pretrained).expanduser().resolve())
     return converted
 
 

@@ -243,6 +243,17 @@ def test_validate_accepts_existing_weights_sources(tmp_path):
     assert params.validate({"model": "hf-hub:someone/some-clip"})["model"] == "hf-hub:someone/some-clip"
 
 
+def test_relative_paths_become_absolute(tmp_path, monkeypatch):
+    (tmp_path / "weights.pt").write_bytes(b"not inspected before loading")
+    (tmp_path / "images").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    values = params.validate({"pretrained": "weights.pt", "data_root": "images"}, warn_unused=False)
+
+    assert values["pretrained"] == str(tmp_path.resolve() / "weights.pt")
+    assert values["data_root"] == str(tmp_path.resolve() / "images")
+
+
 def test_output_folder_that_is_a_file_is_rejected(tmp_path):
     target = tmp_path / "results.txt"
     target.write_text("keep me", encoding="utf-8")
