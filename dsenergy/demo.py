@@ -188,7 +188,7 @@ def preprocess_to_uint8(
         raise ValueError(f"images must be a uint8 array of shape (N, H, W), got {images.dtype} {images.shape}")
 
     resized = []
-    for image in tqdm(images, desc="preprocess", unit="img", leave=False, mininterval=2.0):
+    for image in tqdm(images, desc="preprocess", unit="img", leave=False, mininterval=2.0, disable=None):
         tensor = preprocess(Image.fromarray(image, mode="L"))
         resized.append(torch.round((tensor[0] * std + mean) * 255.0).clamp_(0, 255).to(torch.uint8))
     return torch.stack(resized)
@@ -363,7 +363,9 @@ def _train(
     for epoch in range(config.epochs):
         order = torch.randperm(len(labels), generator=generator)
         running, batches = 0.0, 0
-        progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", mininterval=2.0)
+        progress = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", mininterval=2.0, disable=None
+        )
         for batch_index in progress:
             if step >= total_steps:
                 break
@@ -488,20 +490,28 @@ def _run_training(args: argparse.Namespace) -> None:
     )
     out = Path(args.out) if args.out else demo_checkpoint_path()
     if args.classes != "all" and not args.out:
-        raise SystemExit(
+        raise _UsageError(
             f"--classes {args.classes} trains a model for comparison, not the demo model; "
             "pass --out PATH so that the committed checkpoint is not overwritten"
         )
+    if out.suffix != ".pt" or out.is_dir():
+        raise _UsageError(f"--out {out} must name a .pt file (not a folder); its training record is written beside it")
     committed = demo_checkpoint_path()
-    if out.resolve() == committed.resolve() and committed.is_file() and not args.replace_committed:
-        raise SystemExit(
+    replaces_committed = out.resolve() == committed.resolve() and committed.is_file()
+    if out.resolve() != committed.resolve() and out.resolve().parent == committed.resolve().parent:
+        raise _UsageError(
+            f"--out {out} is in {committed.parent}, the folder of the committed demo model and its records; "
+            "train other checkpoints elsewhere"
+        )
+    if replaces_committed and not args.replace_committed:
+        raise _UsageError(
             f"{committed} is the committed demo model, which the model card, the notebooks' test bands and the "
             "results tables describe; pass --out PATH to train a new checkpoint elsewhere, or --replace-committed "
             "to retrain it in place (then run `python -m dsenergy.demo evaluate --card data/models/MODEL_CARD.md`)"
         )
     source = Path(args.source)
     if not source.is_dir():
-        raise SystemExit(
+        raise _UsageError(
             f"Fashion-MNIST folder {source} not found; install the Debian package dataset-fashion-mnist "
             "or pass --source DIR holding the four .gz files"
         )
@@ -724,10 +734,16 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
     seen_near_ood = all(name in train_classes for name in FASHION_NEAR_OOD_CLASSES)
     losses = ", ".join(f"{loss:.4f}" for loss in training["epoch_losses"])
     lines = [
-        f"# Model card: {DEMO_MODEL_NAME}",
+        f"# Model card: {DEMO_MODEL_NAME}" + ("" if file_name == _CHECKPOINT_FILE else f" variant `{Path(file_name).stem}`"),
         "",
-        "A small CLIP (open_clip `CLIP` class) trained from scratch on Fashion-MNIST so that the kit's",
-        "notebooks, tests and CI run offline. It is a teaching and testing model, not a general",
+        (
+            "A small CLIP (open_clip `CLIP` class) trained from scratch on Fashion-MNIST so that the kit's\n"
+            "notebooks, tests and CI run offline."
+            if file_name == _CHECKPOINT_FILE
+            else "A variant of the kit's demo CLIP (open_clip `CLIP` class, trained from scratch on Fashion-MNIST),\n"
+            "trained for comparison with it."
+        )
+        + " It is a teaching and testing model, not a general",
         f"image–text model: it knows the {len(train_classes)} Fashion-MNIST classes it was trained on and little else.",
         "",
         "## Architecture",
@@ -745,8 +761,10 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         f"- Command: `{training['command']}`. " + (
             "Running it again needs `--replace-committed`, which overwrites the\n"
             "  committed `dsenergy-demo.pt` and `dsenergy-demo.training.json` in `data/models/`; `--out PATH` trains a copy elsewhere."
-            if file_name == _CHECKPOINT_FILE
+            if file_name == _CHECKPOINT_FILE and "--replace-committed" not in training["command"]
             else "It writes the checkpoint and its training record where `--out` says."
+            if file_name != _CHECKPOINT_FILE
+            else "It overwrote the committed files in place."
         ),
         f"- Seed: {training['seed']}; {_plural(training['config']['epochs'], 'epoch')}, batch {training['config']['batch_size']}, "
         f"AdamW (lr {training['config']['learning_rate']}, weight decay {training['config']['weight_decay']}), "
@@ -769,8 +787,9 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         f"- `{file_name}`: state dict in fp16 ({training['file_bytes']:,} bytes), loaded into fp32 by open_clip",
         "  with `weights_only=True`.",
         f"- sha256: `{training['sha256']}`. torch.save stores the file name inside the archive, so a retrained",
-        "  copy saved under another name has other bytes. Compare tensors instead: two CPU runs of the six-class",
-        "  variant (`results/demo-variants/`), saved under different names, gave identical tensors.",
+        "  copy saved under another name has other bytes. Compare tensors instead: two CPU runs of one command",
+        "  (the six-class variant with seed 0, `results/demo-variants/id-seed0/`), saved under different names,",
+        "  gave identical tensors.",
         "",
         "## Evaluation",
         "",
@@ -854,7 +873,7 @@ def _run_evaluation(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     checkpoint = Path(args.checkpoint) if args.checkpoint else demo_checkpoint_path()
     if not checkpoint.is_file():
-        raise SystemExit(
+        raise _UsageError(
             f"checkpoint {checkpoint} not found; pass --checkpoint PATH to a file written by `python -m dsenergy.demo train`"
         )
     results = evaluate_demo_model(checkpoint)
@@ -876,6 +895,19 @@ def _run_evaluation(args: argparse.Namespace) -> None:
         logger.info("Wrote %s", args.card)
 
 
+class _UsageError(Exception):
+    """A command-line value that cannot work; reported in one line with exit status 2."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults in the help, except where there is none to show (None or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -894,7 +926,7 @@ def _check_device(parser: argparse.ArgumentParser, device: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``train`` or ``evaluate`` command of the demo model."""
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = _HelpFormatter
     parser = argparse.ArgumentParser(prog="python -m dsenergy.demo", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -940,13 +972,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("dsenergy").setLevel(logging.INFO)
     logger.setLevel(logging.INFO)
 
+    from dsenergy.models import WeightsUnavailableError
+
     try:
         if args.command == "train":
             _run_training(args)
         else:
             _run_evaluation(args)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except _UsageError as error:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    except (FileNotFoundError, ValueError, WeightsUnavailableError) as error:
+        parser.exit(1, f"{parser.prog} {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

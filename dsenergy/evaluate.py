@@ -295,6 +295,9 @@ def compute_scores(
     Names come from :data:`dsenergy.scores.SCORES`, plus ``delta_energy_feature_mask``. Each score
     uses ``temperature`` when given, else its own default τ, else the model's τ.
     """
+    unknown = [name for name in names if name not in SCORES and name != "delta_energy_feature_mask"]
+    if unknown:
+        raise ValueError(f"unknown scores {unknown}; choose from {sorted(SCORES) + ['delta_energy_feature_mask']}")
     text = torch.nn.functional.normalize(text_features.float(), dim=1)
     similarities = torch.nn.functional.normalize(image_features.float(), dim=1) @ text.T
     values: dict[str, torch.Tensor] = {}
@@ -417,8 +420,24 @@ def auroc_ci(
             value -= seed_mean(baseline_runs, baseline_score or score, id_index, ood_index)
         return value
 
+    _check_run_keys(runs, (id_split, ood_split), [score])
+    if baseline_runs is not None:
+        _check_run_keys(baseline_runs, (id_split, ood_split), [baseline_score or score])
     sizes = (runs[0]["scores"][id_split][score].size, runs[0]["scores"][ood_split][score].size)
     return paired_bootstrap(statistic, sizes, n_bootstrap, confidence, seed)
+
+
+def _check_run_keys(runs: Sequence[Mapping[str, Any]], splits: Sequence[str], score_names: Sequence[str]) -> None:
+    """Check that every run of :func:`per_image_scores` has the named splits and scores."""
+    if not runs:
+        raise ValueError("runs is empty; pass one per_image_scores result per seed")
+    for run in runs:
+        for split in splits:
+            if split not in run["scores"]:
+                raise ValueError(f"split {split!r} is not in the runs; they hold {sorted(run['scores'])}")
+            missing = [name for name in score_names if name not in run["scores"][split]]
+            if missing:
+                raise ValueError(f"scores {missing} are not in the runs; they hold {sorted(run['scores'][split])}")
 
 def accuracy_ci(
     runs: Sequence[Mapping[str, Any]],

@@ -1054,6 +1054,10 @@ def consistency_gain(
     domains = [domain for domain in first.index if domain in second.index]
     if not domains:
         raise ValueError("the two tables share no non-reference domain")
+    unmatched = sorted(set(first.index) ^ set(second.index))
+    if unmatched:
+        logger.warning("consistency_gain averages over the %d shared domains; %s are in one table only",
+                       len(domains), unmatched)
     differences = first.loc[domains, metric] - second.loc[domains, metric]
     variance = (first.loc[domains, f"{metric}_se"] ** 2 + second.loc[domains, f"{metric}_se"] ** 2).sum() / len(domains) ** 2
     half_width = float(norm.ppf(0.5 + confidence / 2.0) * math.sqrt(variance))

@@ -15,6 +15,7 @@ Ties are grouped as in scikit-learn: tied scores share one threshold.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -45,7 +46,7 @@ def _as_scores(values: ArrayLike, name: str) -> np.ndarray:
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
     if array.size == 0:
-        raise ValueError(f"{name} is empty; a detection metric needs at least one {name.split('_')[0].upper()} score")
+        raise ValueError(f"{name} is empty; pass at least one score")
     num_nan = int(np.isnan(array).sum())
     if num_nan:
         raise ValueError(f"{name} contains {num_nan} NaN value(s) of {array.size}; fix or drop them before scoring")
@@ -237,6 +238,8 @@ def paired_bootstrap(
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
     rng = np.random.default_rng(seed)
     value = float(statistic(*[np.arange(size) for size in sizes]))
     draws = np.empty(n_bootstrap)
@@ -252,6 +255,8 @@ def claim_verdict(low: float, high: float, threshold: float = 0.0) -> str:
     Returns ``"held"`` when the whole interval lies above the threshold, ``"contradicted"`` when it
     lies below, and ``"not supported"`` when it contains the threshold.
     """
+    if math.isnan(low) or math.isnan(high) or low > high:
+        raise ValueError(f"the interval must satisfy low <= high without NaN, got [{low}, {high}]")
     if low > threshold:
         return "held"
     if high < threshold:

@@ -272,9 +272,15 @@ def weights_problem(name: str, pretrained: str | None) -> str | None:
         close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
         return (f"model {name!r} is not an open_clip architecture (close names: {', '.join(close) or 'none'}); "
                 "use a name from open_clip.list_models() or register a config with dsenergy.models.register_model_config")
-    if pretrained is None or pretrained.startswith(_HUB_PREFIX):
-        return None
     tags = _known_tags(name)
+    if pretrained is None:
+        if name == _demo_model_name():
+            return None
+        return (f"pretrained is null, which would give model {name!r} random weights; set it to a checkpoint file "
+                f"or one of the model's tags ({', '.join(tags) or 'none'}). Random weights are only for tests: "
+                "dsenergy.models.load_clip(name) gives them")
+    if pretrained.startswith(_HUB_PREFIX):
+        return None
     if pretrained in tags or Path(pretrained).expanduser().is_file():
         return None
     return (f"pretrained {pretrained!r} is neither an existing checkpoint file nor an open_clip tag of model {name!r} "
@@ -740,7 +746,10 @@ def resolve_device(device: str) -> torch.device:
     Under torchrun, ``"auto"`` picks the GPU of the process's ``LOCAL_RANK``.
     """
     if device != "auto":
-        return torch.device(device)
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asks for CUDA, but torch sees no CUDA device here; use 'cpu' or 'auto'")
+        return resolved
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

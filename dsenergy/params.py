@@ -159,7 +159,7 @@ _PARAMETERS: tuple[Parameter, ...] = (
     Parameter("model", "str", "dsenergy-demo",
               "open_clip model name; 'dsenergy-demo' is the bundled offline model, e.g. 'ViT-B-32' for a real CLIP"),
     Parameter("pretrained", "str", None, "open_clip pretrained tag or checkpoint path, e.g. 'openai'; "
-              "None loads the bundled demo checkpoint", nullable=True),
+              "None loads the bundled checkpoint of the demo model (other models need a tag or a file)", nullable=True),
     Parameter("benchmark", "str", "fashion-open",
               "'fashion-open' (embedded benchmark) or 'folders' (your images under data_root)",
               check=_choice("fashion-open", "folders")),

@@ -412,12 +412,17 @@ def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     columns: list[str] = []
     for row in rows:
         columns.extend(key for key in row if key not in columns)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(_table_cell(column) for column in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows[:_MARKDOWN_TABLE_ROWS]:
-        lines.append("| " + " | ".join(_format_value(row.get(column, "")) for column in columns) + " |")
+        lines.append("| " + " | ".join(_table_cell(_format_value(row.get(column, ""))) for column in columns) + " |")
     if len(rows) > _MARKDOWN_TABLE_ROWS:
         lines += ["", f"{len(rows) - _MARKDOWN_TABLE_ROWS} more rows in results.json."]
     return lines
+
+
+def _table_cell(text: Any) -> str:
+    """Return ``text`` safe inside a markdown table cell: pipes escaped, line breaks as spaces."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _describe_pretrained(parameters: Mapping[str, Any]) -> str:
@@ -457,12 +462,12 @@ def _results_markdown(run: RunResult) -> str:
         if scalars:
             lines += ["| record | value | unit | description |", "|---|---|---|---|"]
             for name, entry in scalars:
-                lines.append(f"| {name} | {_format_value(entry['value'])} | {entry.get('unit', '')} | "
-                             f"{entry.get('description', '')} |")
+                cells = [name, _format_value(entry["value"]), entry.get("unit", ""), entry.get("description", "")]
+                lines.append("| " + " | ".join(_table_cell(cell) for cell in cells) + " |")
         for name, entry in tables:
             lines += ["", f"### {name}", ""]
             if entry.get("unit") or entry.get("description"):
-                unit = f"Unit: {entry['unit']}." if entry.get("unit") else ""
+                unit = f"Unit: {entry['unit'].rstrip('.')}." if entry.get("unit") else ""
                 description = entry.get("description", "").rstrip(".")
                 lines += [" ".join(filter(None, [f"{description}." if description else "", unit])), ""]
             lines += _markdown_table(entry["value"])

@@ -272,8 +272,8 @@ for metric_name in ("auroc", "fpr95"):
 records.record("best_score", best, description="score with the highest AUROC per OOD split")""",
     """### Reading the table on the demo model
 
-With the bundled `dsenergy-demo`, Energy leads on near OOD and ΔE (c = 1) on the far-OOD splits. The
-demo model saw the four near-OOD classes in training, with captions of their own, so their images sit
+With the bundled `dsenergy-demo`, Energy beats ΔE (c = 1) on near OOD, ΔE beats Energy on the far-OOD
+splits, and MCM (τ = 1) does best on far OOD. The demo model saw the four near-OOD classes in training, with captions of their own, so their images sit
 far from every ID prompt (notebook 01 lists the mean top cosine per split), and the energy reads that
 level directly. The same recipe trained on the six ID classes alone puts near-OOD images as close to the
 ID prompts as ID images are, and there ΔE beats Energy on near OOD too: see the README's results and
@@ -455,7 +455,8 @@ pd.DataFrame({method: {"ID accuracy": values["id_accuracy"], "covariate accuracy
 With the bundled `dsenergy-demo`, expect the three rows to differ by less than a point. Its text tower
 gives a class name nearly the same feature whatever words surround it (the model card reports a cosine
 above 0.999 between any two training templates of one class), so the context vectors have little to
-change. Its zero-shot classifier also comes from captions of the very images it classifies. A CLIP
+change. Its zero-shot prompts are also the captions it was trained with, on images of these same
+classes. A CLIP
 whose prompts were not fitted to your images (`-p model ... -p pretrained ...`) leaves the context
 more to learn.""",
     """## Sweep of the EBM weight λ
@@ -549,9 +550,9 @@ for method, method_runs in runs.items():
             selected = results[(results.method == method) & (results.score == name) & (results.split == split)]
             interval = evaluate.auroc_ci(method_runs, name, split, n_bootstrap=n_bootstrap, confidence=confidence)
             rows.append({"method": method, "score": name, "ood_split": split,
-                         "AUROC ± std": viz.mean_std(selected[selected.metric == "auroc"]["value"]),
+                         "AUROC (mean ± std over seeds)": viz.mean_std(selected[selected.metric == "auroc"]["value"]),
                          "AUROC interval": f"[{interval['low']:.3f}, {interval['high']:.3f}]",
-                         "FPR95 ± std": viz.mean_std(selected[selected.metric == "fpr95"]["value"]),
+                         "FPR95 (mean ± std over seeds)": viz.mean_std(selected[selected.metric == "fpr95"]["value"]),
                          "auroc_seed_mean": interval["value"], "auroc_ci_low": interval["low"],
                          "auroc_ci_high": interval["high"]})
 detection = pd.DataFrame(rows)
@@ -559,7 +560,7 @@ taus = {name: scores.reported_temperature(name, bench.temperature, temperature) 
 caption = viz.table_caption(positive, taus) + f" Intervals: {confidence:.0%} bootstrap over test images, {n_bootstrap} resamples."
 records.record("detection", detection, unit=caption)
 display(Markdown(caption))
-detection.pivot(index=["method", "score"], columns="ood_split", values=["AUROC ± std", "AUROC interval", "FPR95 ± std"])""",
+detection.pivot(index=["method", "score"], columns="ood_split", values=["AUROC (mean ± std over seeds)", "AUROC interval", "FPR95 (mean ± std over seeds)"])""",
     """## Classification accuracy under covariate shift
 
 Top-1 accuracy on the ID test split and on each covariate split, mean ± std over seeds, and the
@@ -623,9 +624,10 @@ records.record("verdicts", claims["verdict"].value_counts().to_dict(), descripti
 claims.style.format({"gain": "{:+.3f}", "ci_low": "{:+.3f}", "ci_high": "{:+.3f}", "margin": "{:.2f}"}, na_rep="–")""",
     """### Reading the verdicts
 
-At smoke size (few shots, three epochs, two seeds, 200 images per split) most intervals are wide and
-the verdicts carry little evidence; run with the default sizes, or with a real CLIP on your own data, before
-reading them as evidence.""",
+The intervals resample test images only; they do not cover the spread over seeds or training runs,
+which the ± std columns show. At smoke size (few shots, three epochs, two seeds, 200 images per split)
+the verdicts therefore carry little evidence; run with the default sizes, or with a real CLIP on your
+own data, before reading them as evidence.""",
 ]
 
 

@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluation records (*.evaluation.json) or folders holding them "
         "(default: data/models and every folder under results/demo-variants)",
     )
-    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "demo-variants"), help="output folder")
+    parser.add_argument(
+        "--out", default=None,
+        help="output folder (default: results/demo-variants, only when --models is not given, so the "
+        "committed table is not replaced by a partial one)",
+    )
     return parser
 
 
@@ -66,7 +70,8 @@ def find_evaluation_records(paths: Sequence[str | Path]) -> list[Path]:
             records.extend(sorted(path.glob("*.evaluation.json")))
         else:
             raise FileNotFoundError(f"{path} is neither an evaluation record nor a folder; pass *.evaluation.json files or folders")
-    duplicates = sorted({str(path) for path in records if records.count(path) > 1})
+    resolved = [path.resolve() for path in records]
+    duplicates = sorted({str(path) for path, key in zip(records, resolved) if resolved.count(key) > 1})
     if duplicates:
         raise ValueError(f"{duplicates} named more than once in --models; name each record once")
     if not records:
@@ -175,7 +180,13 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Build the table, write it under ``--out`` and return it."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.models and args.out is None:
+        parser.error("--models needs --out DIR; the default folder holds the table of the default models")
+    out = Path(args.out) if args.out is not None else REPO_ROOT / "results" / "demo-variants"
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is an existing file; choose a folder path (it is created if missing)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     records = find_evaluation_records(args.models if args.models else default_model_paths())
     rows = [model_row(path) for path in records]
@@ -186,7 +197,6 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             row["model"] = f"{path.parent.name}/{row['model']}"
     table = pd.DataFrame(rows)
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "demo_variants.csv", index=False)
     (out / "demo_variants.md").write_text(markdown(table), encoding="utf-8")

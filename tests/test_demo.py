@@ -177,12 +177,15 @@ def test_train_command_on_id_classes_only(tmp_path):
     assert record["train_classes"] == list(FASHION_ID_CLASSES)
 
 
-def test_train_on_id_classes_needs_out(tmp_path):
-    with pytest.raises(SystemExit, match="--out"):
+def test_train_on_id_classes_needs_out(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
         demo.main(["train", "--classes", "id", "--source", str(tmp_path)])
 
+    assert raised.value.code == 2
+    assert "pass --out PATH" in capsys.readouterr().err
 
-def test_train_keeps_the_committed_checkpoint_unless_told(tmp_path, monkeypatch):
+
+def test_train_keeps_the_committed_checkpoint_unless_told(tmp_path, monkeypatch, capsys):
     source = tmp_path / "fashion-mnist"
     source.mkdir()
     _write_tiny_fashion_mnist(source)
@@ -192,8 +195,12 @@ def test_train_keeps_the_committed_checkpoint_unless_told(tmp_path, monkeypatch)
     committed.write_bytes(b"committed weights")
     options = ["--epochs", "1", "--source", str(source), "--batch-size", "10", "--threads", "1"]
 
-    with pytest.raises(SystemExit, match="--replace-committed"):
+    with pytest.raises(SystemExit):
         demo.main(["train", *options])
+    assert "--replace-committed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main(["train", *options, "--out", str(committed.with_name("beside.pt"))])
+    assert "train other checkpoints elsewhere" in capsys.readouterr().err
     assert committed.read_bytes() == b"committed weights"
 
     demo.main(["train", *options, "--replace-committed"])
@@ -207,10 +214,13 @@ def test_train_keeps_the_committed_checkpoint_unless_told(tmp_path, monkeypatch)
         (["train", "--threads", "-1", "--out", "x.pt"], "--threads: must be a positive integer, got -1"),
         (["train", "--out", "x.pt", "--source", "no-such-folder"], "pass --source DIR"),
         (["evaluate", "--checkpoint", "no-such-file.pt"], "pass --checkpoint PATH"),
+        (["train", "--out", "."], "must name a .pt file"),
+        (["evaluate", "--checkpoint", "corrupt.pt"], "could not be read"),
     ],
 )
 def test_command_line_rejects_bad_values(tmp_path, monkeypatch, capsys, arguments, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
 
     with pytest.raises(SystemExit) as raised:
         demo.main(arguments)

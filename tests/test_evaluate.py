@@ -248,3 +248,18 @@ def test_detection_table_names_missing_inputs():
         evaluate.detection_table(values, {"ood_far": values}, {"msp": taus["msp"]})
     with pytest.raises(ValueError, match="'mcm' of OOD split 'ood_far' has no ID scores"):
         evaluate.detection_table(values, {"ood_far": {"mcm": values["msp"]}}, {**taus, "mcm": 1.0})
+
+
+def test_bootstrap_helpers_name_bad_inputs():
+    text, features, labels = clustered_features()
+    test = {"id_test": (features["id_test"], labels), "ood_far": features["ood_far"]}
+    runs = [evaluate.per_image_scores(text, test, ["msp"], 0.05)]
+
+    with pytest.raises(ValueError, match="scores \\['energy'\\] are not in the runs"):
+        evaluate.auroc_ci(runs, "energy", "ood_far", n_bootstrap=10)
+    with pytest.raises(ValueError, match="split 'ood_near' is not in the runs"):
+        evaluate.auroc_ci(runs, "msp", "ood_near", n_bootstrap=10)
+    with pytest.raises(ValueError, match="n_bootstrap must be at least 1"):
+        evaluate.auroc_ci(runs, "msp", "ood_far", n_bootstrap=0)
+    with pytest.raises(ValueError, match="delta_energy_feature_mask"):
+        evaluate.compute_scores(["nope"], features["id_test"], text, 0.05)

@@ -161,3 +161,9 @@ def test_paired_bootstrap_of_a_mean():
 )
 def test_claim_verdict(low, high, threshold, verdict):
     assert metrics.claim_verdict(low, high, threshold) == verdict
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.2, 0.1), (float("nan"), 0.1)])
+def test_claim_verdict_rejects_bad_intervals(low, high):
+    with pytest.raises(ValueError, match="low <= high"):
+        metrics.claim_verdict(low, high)

@@ -411,3 +411,13 @@ def test_demo_checkpoint_checked_against_its_record(tmp_path, monkeypatch, caplo
     assert bundle.weights_id == f"sha256:{sha256}"
     warned = [record.getMessage() for record in caplog.records if "is not the one its training record" in record.getMessage()]
     assert len(warned) == (0 if recorded_matches else 1)
+
+
+def test_resolve_device():
+    from dsenergy.models import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in {"cuda", "mps", "cpu"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
+            resolve_device("cuda")

@@ -176,6 +176,7 @@ def test_parameters_file(tmp_path):
         ({"model": "ViT-B-32x"}, "parameter 'model': model 'ViT-B-32x' is not an open_clip architecture \\(close names: ViT-B-32"),
         ({"pretrained": "/no/such/weights.pt"}, "parameter 'pretrained': pretrained '/no/such/weights.pt' is neither"),
         ({"model": "ViT-B-32", "pretrained": "opena"}, "tags: openai, "),
+        ({"model": "ViT-B-32"}, "parameter 'pretrained': pretrained is null, which would give model 'ViT-B-32' random weights"),
     ],
 )
 def test_validate_names_bad_parameter(values, message):
@@ -354,3 +355,13 @@ def test_find_kernel_writes_private_spec(tmp_path, monkeypatch):
     spec = json.loads((tmp_path / "kernels" / "dsenergy-python" / "kernel.json").read_text(encoding="utf-8"))
     assert spec["argv"][0] == sys.executable
     assert str(tmp_path) in os.environ["JUPYTER_PATH"]
+
+
+def test_markdown_tables_escape_pipes():
+    from dsenergy.runner import _markdown_table
+
+    lines = _markdown_table([{"gap": "|AUROC(ΔE) - AUROC(MSP)|", "split": "ood_near"}])
+
+    assert lines[2] == "| \\|AUROC(ΔE) - AUROC(MSP)\\| | ood_near |"
+    unescaped = [line.replace("\\|", "").count("|") for line in lines]
+    assert len(set(unescaped)) == 1
