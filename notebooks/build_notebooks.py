@@ -473,7 +473,7 @@ records.record("sweep_ebm_weight", lambda_sweep, unit="accuracy; AUROC of ΔE, I
 long = lambda_sweep.melt(id_vars="ebm_weight", var_name="metric", value_name="value")
 viz.plot_sweep(long, "ebm_weight", "value", hue="metric", title=f"CoOp+EBM against λ (c = {top_c})", ylabel="accuracy or AUROC")
 plt.show()
-lambda_sweep""",
+lambda_sweep.set_index("ebm_weight").style.format("{:.3f}")""",
     """## Sweep of the crop count c
 
 Training and scoring use the same c. Larger c crops more of the distribution, so the bound rewards
@@ -490,7 +490,7 @@ records.record("sweep_top_c", c_sweep, unit="accuracy; AUROC of ΔE, ID positive
 long = c_sweep.melt(id_vars="top_c", var_name="metric", value_name="value")
 viz.plot_sweep(long, "top_c", "value", hue="metric", title=f"CoOp+EBM against c (λ = {ebm_weight:g})", ylabel="accuracy or AUROC")
 plt.show()
-c_sweep""",
+c_sweep.set_index("top_c").style.format("{:.3f}")""",
 ]
 
 
