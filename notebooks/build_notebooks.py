@@ -454,11 +454,10 @@ pd.DataFrame({method: {"ID accuracy": values["id_accuracy"], "covariate accuracy
 
 With the bundled `dsenergy-demo`, expect the three rows to differ by less than a point. Its text tower
 gives a class name nearly the same feature whatever words surround it (the model card reports a cosine
-above 0.999 between any two training templates of one class), so the context vectors have little to
-change. Its zero-shot prompts are also the captions it was trained with, on images of these same
-classes. A CLIP
-whose prompts were not fitted to your images (`-p model ... -p pretrained ...`) leaves the context
-more to learn.""",
+above 0.999 between any two training templates of one class). Its zero-shot prompts are the captions it
+was trained with, on images of these same classes, so they already fit, and trained context vectors end
+close to the zero-shot classifier. A CLIP whose prompts were not fitted to your images
+(`-p model ... -p pretrained ...`) leaves the context more to learn.""",
     """## Sweep of the EBM weight λ
 
 λ = 0 is plain CoOp. Each point is one training run with the settings above; at smoke size the
