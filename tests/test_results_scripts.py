@@ -225,3 +225,36 @@ def test_committed_demo_variants_table_matches_its_records(tmp_path):
     module.main(["--out", str(tmp_path)])
 
     assert (tmp_path / "demo_variants.md").read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")
+
+
+def test_prompt_drift_of_a_phrase_initialised_learner_is_zero(tmp_path):
+    from dsenergy.data.fashion_open import FASHION_ID_CLASSES
+    from dsenergy.prompts import PromptLearner
+    from dsenergy.train import save_prompt_learner
+
+    module = _load_script("prompt_drift")
+    bundle = load_clip("dsenergy-demo")
+    learner = PromptLearner(bundle.model, bundle.tokenizer, FASHION_ID_CLASSES, n_ctx=4, ctx_init="a photo of a")
+    moved = PromptLearner(bundle.model, bundle.tokenizer, FASHION_ID_CLASSES, n_ctx=4, seed=3)
+    with torch.no_grad():
+        moved.context_vectors.mul_(100.0)
+    files = [save_prompt_learner(learner, tmp_path / "coop-seed1.pt"), save_prompt_learner(moved, tmp_path / "coop-seed2.pt")]
+
+    table = module.drift_table(files, bundle, FASHION_ID_CLASSES, ["a photo of a {}."]).set_index("seed")
+
+    assert table.loc[1, "min_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert table.loc[2, "min_cosine"] < table.loc[1, "min_cosine"]
+    assert list(table["method"]) == ["coop", "coop"]
+
+
+def test_prompt_drift_command_writes_tables(finetune_run, tmp_path):
+    module = _load_script("prompt_drift")
+    _, out, _ = finetune_run
+
+    table = module.main(["--prompts", str(out / "prompts"), "--model", RANDOM_MODEL, "--out", str(tmp_path)])
+
+    assert len(table) == len(list((out / "prompts").glob("*-seed*.pt")))
+    assert table["min_cosine"].between(-1.0 - 1e-6, 1.0 + 1e-6).all()
+    assert (tmp_path / "prompt_drift.md").read_text(encoding="utf-8").startswith("| prompts | min cosine |")
+    with pytest.raises(SystemExit):
+        module.main(["--prompts", str(tmp_path / "empty"), "--out", str(tmp_path)])
