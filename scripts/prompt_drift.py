@@ -1,9 +1,10 @@
 """How far tuned prompts moved from the zero-shot classifier: cosine of each class's text features.
 
-For every prompt learner saved by ``scripts/finetune_table.py`` (``<method>-seed<s>.pt`` under
-``--prompts``), the class text features it produces are compared with the zero-shot class features
-of the same model (the demo model's 18 training templates averaged, or open_clip's ImageNet templates
-for another model). A cosine of 1 for every class means the tuned classifier is the zero-shot one.
+The script reads every prompt learner that ``scripts/finetune_table.py`` saved under ``--prompts``
+(``<method>-seed<s>.pt``) and compares its class text features with the zero-shot class features of the
+same model. The zero-shot features average the demo model's 18 training templates, or open_clip's
+ImageNet templates for another model. A cosine of 1 for every class means the tuned classifier is the
+zero-shot one.
 
 Outputs under ``--out`` (default: the folder above ``--prompts``): ``prompt_drift.csv`` and
 ``prompt_drift.md``, one row per saved prompt learner with the smallest and mean cosine over classes
