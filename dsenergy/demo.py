@@ -496,14 +496,14 @@ def _run_training(args: argparse.Namespace) -> None:
         )
     if out.suffix != ".pt" or out.is_dir():
         raise _UsageError(f"--out {out} must name a .pt file (not a folder); its training record is written beside it")
-    committed = demo_checkpoint_path()
-    replaces_committed = out.resolve() == committed.resolve() and committed.is_file()
-    if out.resolve() != committed.resolve() and out.resolve().parent == committed.resolve().parent:
+    committed = demo_checkpoint_path().resolve()
+    target = out.resolve()
+    if target != committed and target.parent == committed.parent:
         raise _UsageError(
             f"--out {out} is in {committed.parent}, the folder of the committed demo model and its records; "
             "train other checkpoints elsewhere"
         )
-    if replaces_committed and not args.replace_committed:
+    if target == committed and committed.is_file() and not args.replace_committed:
         raise _UsageError(
             f"{committed} is the committed demo model, which the model card, the notebooks' test bands and the "
             "results tables describe; pass --out PATH to train a new checkpoint elsewhere, or --replace-committed "
@@ -698,10 +698,23 @@ def _describe_machine(machine: dict[str, Any]) -> str:
         start, end = machine["load_average_start"], machine["load_average_end"]
         text += f"; 1-minute load average {start:.1f} at the start and {end:.1f} at the end"
         # The training's own threads add about torch_threads to the load at the end. The start value
-        # lags by a minute, so it may still count a job that had just finished, and is not judged.
+        # lags by a minute and may still count a job that had just finished, so only the end is checked.
         if end > machine["torch_threads"] + 0.5:
             text += ", so other jobs shared the CPU"
     return text
+
+
+def _command_note(command: str, file_name: str) -> str:
+    """Return the model card's note on what running the training command again writes."""
+    if file_name != _CHECKPOINT_FILE:
+        return "It writes the checkpoint and its training record to the `--out` path."
+    if "--replace-committed" in command:
+        return "It overwrote the committed files in place."
+    return (
+        "Running it again needs `--replace-committed`, which overwrites the\n"
+        "  committed `dsenergy-demo.pt` and `dsenergy-demo.training.json` in `data/models/`; "
+        "`--out PATH` trains a copy elsewhere."
+    )
 
 
 def _describe_classes(class_names: Sequence[str]) -> str:
@@ -758,14 +771,7 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "",
         "## Training",
         "",
-        f"- Command: `{training['command']}`. " + (
-            "Running it again needs `--replace-committed`, which overwrites the\n"
-            "  committed `dsenergy-demo.pt` and `dsenergy-demo.training.json` in `data/models/`; `--out PATH` trains a copy elsewhere."
-            if file_name == _CHECKPOINT_FILE and "--replace-committed" not in training["command"]
-            else "It writes the checkpoint and its training record where `--out` says."
-            if file_name != _CHECKPOINT_FILE
-            else "It overwrote the committed files in place."
-        ),
+        f"- Command: `{training['command']}`. {_command_note(training['command'], file_name)}",
         f"- Seed: {training['seed']}; {_plural(training['config']['epochs'], 'epoch')}, batch {training['config']['batch_size']}, "
         f"AdamW (lr {training['config']['learning_rate']}, weight decay {training['config']['weight_decay']}), "
         f"{training['config']['warmup_steps']} warm-up steps then cosine decay.",
@@ -896,7 +902,7 @@ def _run_evaluation(args: argparse.Namespace) -> None:
 
 
 class _UsageError(Exception):
-    """A command-line value that cannot work; reported in one line with exit status 2."""
+    """Error for an invalid command-line value, reported in one line with exit status 2."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -915,23 +921,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _check_device(parser: argparse.ArgumentParser, device: str) -> None:
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        parser.error(f"--device {device!r} is not a torch device ({error}); use cpu or cuda")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {device!r} asks for CUDA, but torch sees no CUDA device here; use --device cpu")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``train`` or ``evaluate`` command of the demo model."""
-    formatter = _HelpFormatter
     parser = argparse.ArgumentParser(prog="python -m dsenergy.demo", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     train_parser = commands.add_parser(
-        "train", help="train the demo model on the Fashion-MNIST training split", formatter_class=formatter
+        "train", help="train the demo model on the Fashion-MNIST training split", formatter_class=_HelpFormatter
     )
     train_parser.add_argument("--epochs", type=_positive_int, default=DemoTrainConfig.epochs, help="number of passes over the training images")
     train_parser.add_argument("--seed", type=int, default=DemoTrainConfig.seed, help="seed of initialisation, batch order, augmentation and captions")
@@ -954,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
     evaluate_parser = commands.add_parser(
-        "evaluate", help="compute the model-card numbers on the fashion-open splits", formatter_class=formatter
+        "evaluate", help="compute the model-card numbers on the fashion-open splits", formatter_class=_HelpFormatter
     )
     evaluate_parser.add_argument(
         "--checkpoint", default=None,
@@ -966,8 +962,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else None
     if args.command == "train":
-        _check_device(train_parser, args.device)
+        from dsenergy.models import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except (RuntimeError, ValueError) as error:
+            train_parser.error(f"--device {args.device!r} is invalid here: {error}")
     # The kit's own progress at INFO; other libraries (open_clip logs every model creation) only from WARNING.
+    # Run as ``python -m``, this module's logger is ``__main__``, outside the ``dsenergy`` tree.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("dsenergy").setLevel(logging.INFO)
     logger.setLevel(logging.INFO)

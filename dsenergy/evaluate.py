@@ -31,9 +31,7 @@ from dsenergy.metrics import auroc, evaluate_ood, paired_bootstrap
 from dsenergy.prompts import PromptLearner
 from dsenergy.scores import (
     SCORES,
-    TEMPERATURE_FREE_SCORES,
     compute_score,
-    delta_energy,
     delta_energy_feature_mask,
     reported_temperature,
     score_temperature,
@@ -304,16 +302,15 @@ def compute_scores(
     taus: dict[str, float | None] = {}
     for name in names:
         if name == "delta_energy_feature_mask":
-            tau = float(temperature) if temperature is not None else float(model_temperature)
-            values[name] = delta_energy_feature_mask(image_features, text, tau, mask_fraction=mask_fraction)
-        elif name == "delta_energy":
-            tau = score_temperature(name, model_temperature, temperature)
-            values[name] = delta_energy(similarities, tau, top_c=top_c, crop_value=crop_value)
+            # Not a similarity score, so it is not in SCORES; it uses the given τ or the model's.
+            taus[name] = float(temperature) if temperature is not None else float(model_temperature)
+            values[name] = delta_energy_feature_mask(image_features, text, taus[name], mask_fraction=mask_fraction)
         else:
-            tau = score_temperature(name, model_temperature, temperature)
-            values[name] = SCORES[name](similarities, tau)
-        taus[name] = None if name in TEMPERATURE_FREE_SCORES else tau
+            options = {"top_c": top_c, "crop_value": crop_value} if name == "delta_energy" else {}
+            values[name] = compute_score(name, similarities, model_temperature, temperature, **options)
+            taus[name] = reported_temperature(name, model_temperature, temperature)
     return values, taus
+
 
 def detection_table(
     id_scores: Mapping[str, Any],
@@ -346,6 +343,7 @@ def detection_table(
             })
     return pd.DataFrame(rows)
 
+
 def headline_metrics(table: Any, score: str = "delta_energy") -> dict[str, Any]:
     """Condense an ``evaluate.evaluate_model`` table: ID accuracy, mean covariate accuracy, AUROC/FPR95 of ``score``."""
     accuracy = table[table.metric == "accuracy"]
@@ -358,11 +356,13 @@ def headline_metrics(table: Any, score: str = "delta_energy") -> dict[str, Any]:
         "fpr95": detection[detection.metric == "fpr95"].set_index("split")["value"].to_dict(),
     }
 
+
 def headline_row(headline: Mapping[str, Any]) -> dict[str, float]:
     """Flatten :func:`headline_metrics` into one table row: both accuracies and an ``auroc_<split>`` column per split."""
     row = {"id_accuracy": headline["id_accuracy"], "covariate_accuracy": headline["covariate_accuracy"]}
     row.update({f"auroc_{split}": auroc for split, auroc in headline["auroc"].items()})
     return row
+
 
 def per_image_scores(
     model: Any,
@@ -393,6 +393,7 @@ def per_image_scores(
             result["correct"][split] = (sims.argmax(dim=1) == labels).numpy().astype(np.float64)
     return result
 
+
 def auroc_ci(
     runs: Sequence[Mapping[str, Any]],
     score: str,
@@ -411,8 +412,10 @@ def auroc_ci(
     so the gain is a paired difference.
     """
     def seed_mean(selected_runs: Sequence[Mapping[str, Any]], name: str, id_index: np.ndarray, ood_index: np.ndarray) -> float:
-        return float(np.mean([auroc(run["scores"][id_split][name][id_index],
-                                            run["scores"][ood_split][name][ood_index]) for run in selected_runs]))
+        return float(np.mean([
+            auroc(run["scores"][id_split][name][id_index], run["scores"][ood_split][name][ood_index])
+            for run in selected_runs
+        ]))
 
     def statistic(id_index: np.ndarray, ood_index: np.ndarray) -> float:
         value = seed_mean(runs, score, id_index, ood_index)
@@ -434,10 +437,11 @@ def _check_run_keys(runs: Sequence[Mapping[str, Any]], splits: Sequence[str], sc
     for run in runs:
         for split in splits:
             if split not in run["scores"]:
-                raise ValueError(f"split {split!r} is not in the runs; they hold {sorted(run['scores'])}")
+                raise ValueError(f"split {split!r} is not in the runs; they contain {sorted(run['scores'])}")
             missing = [name for name in score_names if name not in run["scores"][split]]
             if missing:
-                raise ValueError(f"scores {missing} are not in the runs; they hold {sorted(run['scores'][split])}")
+                raise ValueError(f"scores {missing} are not in the runs; they contain {sorted(run['scores'][split])}")
+
 
 def accuracy_ci(
     runs: Sequence[Mapping[str, Any]],

@@ -210,8 +210,8 @@ def rank_agreement(first: ArrayLike, second: ArrayLike, chunk: int = 512) -> flo
     functions of each other up to ties); pairs tied under either score are left out.
     """
     a, b = _as_scores(first, "first"), _as_scores(second, "second")
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"scores must be one-dimensional and of equal length, got shapes {a.shape} and {b.shape}")
+    if a.shape != b.shape:
+        raise ValueError(f"scores must be of equal length, got shapes {a.shape} and {b.shape}")
     concordant = discordant = 0
     for start in range(0, a.size, chunk):
         sign_a = np.sign(a[start:start + chunk, None] - a[None, :])
@@ -223,6 +223,7 @@ def rank_agreement(first: ArrayLike, second: ArrayLike, chunk: int = 512) -> flo
         raise ValueError("no pair of samples is ordered strictly by both scores")
     return concordant / (concordant + discordant)
 
+
 def paired_bootstrap(
     statistic: Callable[..., float],
     sizes: Sequence[int],
@@ -233,8 +234,8 @@ def paired_bootstrap(
     """Return ``statistic`` and a percentile bootstrap interval, resampling each index set with replacement.
 
     ``statistic(*indices)`` receives one index array per entry of ``sizes`` (e.g. ID and OOD test
-    images) and returns a float; the same resampled indices go to every method compared inside it,
-    so a difference between methods is bootstrapped as a paired quantity.
+    images) and returns a float. Every method compared inside it sees the same resampled indices, so
+    a difference between methods is bootstrapped as a paired quantity.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -248,6 +249,7 @@ def paired_bootstrap(
     tail = (1.0 - confidence) / 2.0
     return {"value": value, "low": float(np.quantile(draws, tail)), "high": float(np.quantile(draws, 1.0 - tail)),
             "confidence": confidence, "n_bootstrap": n_bootstrap}
+
 
 def claim_verdict(low: float, high: float, threshold: float = 0.0) -> str:
     """Judge a claim "the gain exceeds ``threshold``" from the confidence interval [low, high] of the gain.

@@ -255,14 +255,16 @@ def _check_model_name(name: str, pretrained: str | None) -> None:
     )
 
 
-def weights_problem(name: str, pretrained: str | None) -> str | None:
-    """Say what is wrong with a (model, pretrained) pair before anything is loaded, or return ``None``.
+def weights_problem(name: str, pretrained: str | None) -> tuple[str, str] | None:
+    """Check a (model, pretrained) pair before anything is loaded: ``None``, or (parameter, message) of the problem.
 
-    Checks what can be checked offline: the architecture name against open_clip's registry (plus the
-    demo model), and ``pretrained`` as an existing file or one of the model's open_clip tags.
-    ``hf-hub:`` names are left to :func:`load_clip`, which needs the hub or its cache to resolve them.
+    The parameter is ``"model"`` or ``"pretrained"``. Checks what can be checked offline: the
+    architecture name against open_clip's registry (plus the demo model), and ``pretrained`` as an
+    existing file or one of the model's open_clip tags. ``hf-hub:`` names are left to
+    :func:`load_clip`, which needs the hub or its cache to resolve them.
     """
-    if name == _demo_model_name():
+    is_demo = name == _demo_model_name()
+    if is_demo:
         from dsenergy import demo
 
         demo.register_demo_config()
@@ -270,21 +272,26 @@ def weights_problem(name: str, pretrained: str | None) -> str | None:
         return None
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
-        return (f"model {name!r} is not an open_clip architecture (close names: {', '.join(close) or 'none'}); "
-                "use a name from open_clip.list_models() or register a config with dsenergy.models.register_model_config")
+        return "model", (
+            f"model {name!r} is not an open_clip architecture (close names: {', '.join(close) or 'none'}); "
+            "use a name from open_clip.list_models() or register a config with dsenergy.models.register_model_config"
+        )
+
     tags = _known_tags(name)
     if pretrained is None:
-        if name == _demo_model_name():
+        if is_demo:
             return None
-        return (f"pretrained is null, which would give model {name!r} random weights; set it to a checkpoint file "
-                f"or one of the model's tags ({', '.join(tags) or 'none'}). Random weights are only for tests: "
-                "dsenergy.models.load_clip(name) gives them")
-    if pretrained.startswith(_HUB_PREFIX):
+        return "pretrained", (
+            f"pretrained is null, which would give model {name!r} random weights; set it to a checkpoint file "
+            f"or one of the model's tags ({', '.join(tags) or 'none'}). Random weights are only for tests: "
+            "dsenergy.models.load_clip(name) gives them"
+        )
+    if pretrained.startswith(_HUB_PREFIX) or pretrained in tags or Path(pretrained).expanduser().is_file():
         return None
-    if pretrained in tags or Path(pretrained).expanduser().is_file():
-        return None
-    return (f"pretrained {pretrained!r} is neither an existing checkpoint file nor an open_clip tag of model {name!r} "
-            f"(its tags: {', '.join(tags) or 'none'}); give the path of a local checkpoint file, one of those tags, or null")
+    return "pretrained", (
+        f"pretrained {pretrained!r} is neither an existing checkpoint file nor an open_clip tag of model {name!r} "
+        f"(its tags: {', '.join(tags) or 'none'}); give the path of a local checkpoint file, one of those tags, or null"
+    )
 
 
 class _MessageFilter(logging.Filter):
@@ -450,7 +457,12 @@ def _warn_if_unrecorded(path: Path) -> None:
     record_path = path.with_name(path.stem + ".training.json")
     if not record_path.is_file():
         return
-    recorded = json.loads(record_path.read_text(encoding="utf-8")).get("sha256")
+    try:
+        recorded = json.loads(record_path.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError) as error:
+        logger.warning("Could not read the demo training record %s (%s); the checkpoint is not checked against it.",
+                       record_path, error)
+        return
     actual = file_sha256(path)
     if recorded and recorded != actual:
         logger.warning(

@@ -362,23 +362,27 @@ def validate(
     _check_splits(converted)
     _check_top_c(converted, selected)
     _check_weights(converted)
-    pretrained = converted.get("pretrained")
-    if isinstance(pretrained, str) and not pretrained.startswith("hf-hub:") and Path(pretrained).expanduser().is_file():
-        converted["pretrained"] = str(Path(pretrained).expanduser().resolve())
     return converted
 
 
-def _check_weights(values: Mapping[str, Any]) -> None:
-    """Check the model name and its weights source as far as that is possible offline."""
+def _check_weights(values: dict[str, Any]) -> None:
+    """Check the model name and its weights source as far as that is possible offline.
+
+    A ``pretrained`` that names an existing file is made absolute in ``values``, because the
+    notebooks run in their own working folder.
+    """
     if "model" not in values and "pretrained" not in values:
         return
     from dsenergy.models import weights_problem
 
     model = values.get("model", SCHEMA["model"].default)
-    problem = weights_problem(model, values.get("pretrained", SCHEMA["pretrained"].default))
+    pretrained = values.get("pretrained", SCHEMA["pretrained"].default)
+    problem = weights_problem(model, pretrained)
     if problem:
-        name = "model" if problem.startswith("model") else "pretrained"
-        raise ParameterError(f"parameter {name!r}: {problem}")
+        name, message = problem
+        raise ParameterError(f"parameter {name!r}: {message}")
+    if pretrained is not None and Path(pretrained).expanduser().is_file():
+        values["pretrained"] = str(Path(pretrained).expanduser().resolve())
 
 
 def _id_class_count(values: Mapping[str, Any]) -> int | None:

@@ -19,10 +19,11 @@ class Workbench:
     """The model, its zero-shot classifier and the benchmark splits, as the notebooks use them.
 
     ``benchmark="fashion-open"`` reads the embedded benchmark (splits ``id_train``, ``id_test``,
-    ``ood_near``, ``ood_far``, ``ood_clipart``, ``covariate/<shift>/<severity>``). ``benchmark="folders"`` reads your
-    images under ``data_root``: ``id_train/<class>/``, ``id_test/<class>/`` and any other split as a
-    path relative to ``data_root``; a split whose path starts with ``ood`` is read as OOD images
-    (label -1, any depth), any other as class folders with the ID class names.
+    ``ood_near``, ``ood_far``, ``ood_clipart``, ``covariate/<shift>/<severity>``).
+    ``benchmark="folders"`` reads your images under ``data_root``: ``id_train/<class>/``,
+    ``id_test/<class>/`` and any other split as a path relative to ``data_root``. A split whose path
+    starts with ``ood`` is read as OOD images (label -1, any depth), any other as class folders with
+    the ID class names.
     """
 
     def __init__(

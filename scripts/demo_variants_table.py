@@ -2,7 +2,7 @@
 
 Each model is a checkpoint's ``<stem>.training.json`` and ``<stem>.evaluation.json``, written by
 ``python -m dsenergy.demo train`` and ``python -m dsenergy.demo evaluate``. By default the table
-holds the committed demo model (``data/models/``) and every model under ``results/demo-variants/``,
+lists the committed demo model (``data/models/``) and every model under ``results/demo-variants/``,
 made with::
 
     python -m dsenergy.demo train --classes id --epochs 15 --seed 0 --threads 2 \\
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models", nargs="+", default=None,
-        help="evaluation records (*.evaluation.json) or folders holding them "
+        help="evaluation records (*.evaluation.json) or folders containing them "
         "(default: data/models and every folder under results/demo-variants)",
     )
     parser.add_argument(
@@ -64,7 +64,7 @@ def find_evaluation_records(paths: Sequence[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if path.is_file():
             if not path.name.endswith(".evaluation.json"):
-                raise ValueError(f"{path} is not an evaluation record; pass a *.evaluation.json file or the folder holding it")
+                raise ValueError(f"{path} is not an evaluation record; pass a *.evaluation.json file or the folder containing it")
             records.append(path)
         elif path.is_dir():
             records.extend(sorted(path.glob("*.evaluation.json")))
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.models and args.out is None:
-        parser.error("--models needs --out DIR; the default folder holds the table of the default models")
+        parser.error("--models needs --out DIR; the default folder contains the table of the default models")
     out = Path(args.out) if args.out is not None else REPO_ROOT / "results" / "demo-variants"
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} is an existing file; choose a folder path (it is created if missing)")

@@ -146,7 +146,7 @@ def _write_tiny_fashion_mnist(folder) -> None:
 
 
 def test_train_command_writes_checkpoint(tmp_path):
-    # A tiny Fashion-MNIST folder written here stands in for the Debian files, which a machine may lack.
+    # A tiny Fashion-MNIST folder written here replaces the Debian files, which a machine may lack.
     _write_tiny_fashion_mnist(tmp_path)
     out = tmp_path / "models" / "demo.pt"
 
@@ -185,7 +185,7 @@ def test_train_on_id_classes_needs_out(tmp_path, capsys):
     assert "pass --out PATH" in capsys.readouterr().err
 
 
-def test_train_keeps_the_committed_checkpoint_unless_told(tmp_path, monkeypatch, capsys):
+def test_train_protects_committed_checkpoint(tmp_path, monkeypatch, capsys):
     source = tmp_path / "fashion-mnist"
     source.mkdir()
     _write_tiny_fashion_mnist(source)
@@ -264,7 +264,7 @@ def test_model_card_lists_mean_top_cosine(tmp_path):
     assert "prompts: ID 0.740; near (pullover, coat, shirt, ankle boot) 0.380." in card.read_text(encoding="utf-8")
 
 
-def test_template_cosine_of_the_committed_model():
+def test_template_cosine_on_demo_model():
     from dsenergy.models import load_clip
 
     bundle = load_clip(DEMO_MODEL_NAME)
@@ -273,7 +273,9 @@ def test_template_cosine_of_the_committed_model():
     varied = demo._template_cosine(bundle, ["bag", "sandal"], list(DEMO_TEMPLATES[:4]))
 
     assert repeated["mean"] == pytest.approx(1.0, abs=1e-5)
-    assert -1.0 <= varied["min"] <= varied["mean"] <= 1.0 + 1e-6
+    assert varied["min"] >= -1.0
+    assert varied["min"] <= varied["mean"]
+    assert varied["mean"] <= 1.0 + 1e-6
 
 
 def test_model_card_states_template_cosine(tmp_path):

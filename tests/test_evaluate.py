@@ -216,7 +216,7 @@ def test_detection_table_rows_match_metrics():
     assert row["fpr95"] == pytest.approx(metrics.fpr_at_tpr(id_values["energy"], ood_values["energy"], positive="ood"))
     assert row["positive"] == "ood"
 
-def test_auroc_ci_of_a_gain_over_itself_is_zero():
+def test_auroc_ci_self_gain_is_zero():
     text, features, labels = clustered_features()
     test = {"id_test": (features["id_test"], labels), "ood_far": features["ood_far"]}
     runs = [evaluate.per_image_scores(text, test, ["msp", "delta_energy"], 0.05)]

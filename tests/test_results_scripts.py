@@ -201,7 +201,7 @@ def test_demo_variants_table_rejects_mismatched_records(tmp_path):
         module.main(["--models", str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "out")])
 
 
-def test_demo_variants_table_tells_same_named_models_apart(tmp_path):
+def test_variants_table_prefixes_duplicate_names(tmp_path):
     from dsenergy.demo import demo_checkpoint_path
 
     module = _load_script("demo_variants_table")
@@ -227,7 +227,7 @@ def test_committed_demo_variants_table_matches_its_records(tmp_path):
     assert (tmp_path / "demo_variants.md").read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")
 
 
-def test_prompt_drift_of_a_phrase_initialised_learner_is_zero(tmp_path):
+def test_prompt_drift_zero_for_phrase_init(tmp_path):
     from dsenergy.data.fashion_open import FASHION_ID_CLASSES
     from dsenergy.prompts import PromptLearner
     from dsenergy.train import save_prompt_learner
