@@ -421,3 +421,17 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch sees no CUDA device"):
             resolve_device("cuda")
+
+
+def test_demo_checkpoint_with_unreadable_record(tmp_path, monkeypatch, caplog):
+    demo = pytest.importorskip("dsenergy.demo", reason="dsenergy.demo is not available")
+    monkeypatch.setenv("DSENERGY_DATA_DIR", str(tmp_path))
+    path = tmp_path / "models" / "dsenergy-demo.pt"
+    sha256 = demo.save_demo_checkpoint(demo.create_demo_model(seed=3), path)
+    (tmp_path / "models" / "dsenergy-demo.training.json").write_text("{", encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING, logger="dsenergy.models"):
+        bundle = load_clip(demo.DEMO_MODEL_NAME)
+
+    assert bundle.weights_id == f"sha256:{sha256}"
+    assert "Could not read the demo training record" in caplog.text
