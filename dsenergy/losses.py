@@ -32,7 +32,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from dsenergy.scores import _check_similarities, _check_temperature, _cropped_log_partition
+from dsenergy.scores import _check_similarities, _check_temperature, _check_top_c, _cropped_log_partition
 
 __all__ = ["LossParts", "ebm_lower_bound", "exact_delta_energy_target", "ebm_loss", "combined_loss"]
 
@@ -53,6 +53,11 @@ def _check_targets(similarities: torch.Tensor, targets: torch.Tensor) -> torch.T
             f"targets must have shape (N,) = ({similarities.shape[0]},) to match similarities, "
             f"got {tuple(targets.shape)}"
         )
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(
+            f"targets must be an integer tensor of class indices, got dtype {targets.dtype}; "
+            "convert exact class indices with targets.long()"
+        )
     targets = targets.long()
     num_classes = similarities.shape[1]
     if targets.numel() and (targets.min() < 0 or targets.max() >= num_classes):
@@ -65,15 +70,12 @@ def _check_targets(similarities: torch.Tensor, targets: torch.Tensor) -> torch.T
 
 def _training_crop_mask(similarities: torch.Tensor, targets: torch.Tensor, top_c: int) -> torch.Tensor:
     """Mark the ground-truth class and the ``top_c − 1`` largest other classes of each row."""
-    num_classes = similarities.shape[1]
-    if not 1 <= int(top_c) <= num_classes:
-        raise ValueError(f"top_c must be between 1 and the number of classes K = {num_classes}, got {top_c}")
-
+    top_c = _check_top_c(top_c, similarities.shape[1])
     cropped = torch.zeros_like(similarities, dtype=torch.bool)
     cropped.scatter_(1, targets[:, None], True)
     if top_c > 1:
         others = similarities.detach().masked_fill(cropped, float("-inf"))
-        cropped.scatter_(1, others.topk(int(top_c) - 1, dim=1).indices, True)
+        cropped.scatter_(1, others.topk(top_c - 1, dim=1).indices, True)
     return cropped
 
 

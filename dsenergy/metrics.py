@@ -127,6 +127,7 @@ def accuracy(predictions_or_logits: ArrayLike, labels: ArrayLike) -> float:
         else predictions_or_logits
     )
     targets = np.asarray(labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels)
+    num_classes = predictions.shape[1] if predictions.ndim == 2 else None
     if predictions.ndim == 2:
         predictions = predictions.argmax(axis=1)
     if predictions.shape != targets.shape or targets.ndim != 1:
@@ -136,6 +137,17 @@ def accuracy(predictions_or_logits: ArrayLike, labels: ArrayLike) -> float:
         )
     if targets.size == 0:
         raise ValueError("labels is empty; accuracy needs at least one sample")
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise TypeError(f"labels must be integer class indices, got dtype {targets.dtype}")
+    # A label outside [0, K) can never match and would silently count as an error. OOD samples
+    # (label -1 in the kit's datasets) belong in the detection metrics, not here.
+    upper = num_classes if num_classes is not None else np.inf
+    if targets.min() < 0 or targets.max() >= upper:
+        bound = f"[0, {num_classes - 1}]" if num_classes is not None else "the non-negative integers"
+        raise ValueError(
+            f"labels must be class indices in {bound}, got values in [{targets.min()}, {targets.max()}]; "
+            "drop OOD samples (label -1) before computing accuracy"
+        )
     return float(np.mean(predictions == targets))
 
 

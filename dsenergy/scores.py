@@ -32,6 +32,7 @@ where MSP saturates at exactly 1.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Mapping
 
 import torch
@@ -69,6 +70,21 @@ def _check_similarities(similarities: torch.Tensor, name: str = "similarities") 
     if similarities.dtype in (torch.float16, torch.bfloat16):
         similarities = similarities.float()
     return similarities
+
+
+def _check_top_c(top_c: int, num_classes: int) -> int:
+    """Return ``top_c`` as an ``int`` after checking that it is a whole number in ``[1, K]``.
+
+    A fractional ``c`` would crop ``int(c)`` entries but add ``c · e^{a/τ}`` back, which is neither
+    setting, so it is rejected rather than truncated.
+    """
+    if isinstance(top_c, bool) or not isinstance(top_c, numbers.Integral):
+        raise TypeError(
+            f"top_c must be an integer number of cropped classes, got {top_c!r} ({type(top_c).__name__})"
+        )
+    if not 1 <= top_c <= num_classes:
+        raise ValueError(f"top_c must be between 1 and the number of classes K = {num_classes}, got {top_c}")
+    return int(top_c)
 
 
 def _check_temperature(temperature: float) -> float:
@@ -154,9 +170,7 @@ def delta_energy(
     """
     similarities = _check_similarities(similarities)
     temperature = _check_temperature(temperature)
-    num_classes = similarities.shape[1]
-    if not 1 <= int(top_c) <= num_classes:
-        raise ValueError(f"top_c must be between 1 and the number of classes K = {num_classes}, got {top_c}")
+    top_c = _check_top_c(top_c, similarities.shape[1])
     if not math.isfinite(crop_value):
         raise ValueError(f"crop_value must be finite, got {crop_value}")
 
@@ -166,7 +180,7 @@ def delta_energy(
     if top_c == 1:
         top_values, top_indices = similarities.max(dim=1, keepdim=True)
     else:
-        top_values, top_indices = similarities.topk(int(top_c), dim=1)
+        top_values, top_indices = similarities.topk(top_c, dim=1)
     shift = top_values[:, :1]
     weights = (similarities - shift).div_(temperature).exp_()
     weights.scatter_(1, top_indices, 0.0)

@@ -39,6 +39,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import os
 import random
 import tempfile
@@ -85,7 +86,21 @@ _RESUME_FREE_FIELDS = {"resume", "output_dir", "num_workers", "progress"}
 
 @dataclass
 class TrainConfig:
-    """Settings of one prompt-tuning run (CoOp defaults where CoOp has one)."""
+    """Settings of one prompt-tuning run (CoOp defaults where CoOp has one).
+
+    Allowed values, checked by :meth:`validate`:
+
+    - ``method`` in :data:`METHODS`, ``input_mode`` ``"features"`` or ``"images"``, ``bound``
+      ``"lower"`` or ``"exact"``.
+    - Whole numbers: ``epochs ≥ 0`` (0 returns the initial context), ``batch_size ≥ 1``,
+      ``warmup_epochs ≥ 0``, ``top_c ≥ 1``, ``n_ctx ≥ 1`` (any value when ``ctx_init`` sets the
+      context), ``num_workers ≥ 0`` and any ``seed``.
+    - Real numbers: ``lr > 0``, ``warmup_lr > 0``, ``ebm_weight ≥ 0``, ``momentum ≥ 0``,
+      ``weight_decay ≥ 0``, a finite ``crop_value``, and ``temperature > 0`` or ``None`` for the
+      model's own.
+
+    :func:`train_prompts` also checks that ``top_c`` does not exceed the number of class names.
+    """
 
     method: str = "coop_ebm"
     n_ctx: int = 16
@@ -119,22 +134,44 @@ class TrainConfig:
             raise ValueError(f"input_mode {self.input_mode!r} is unknown; choose one of {INPUT_MODES}")
         if self.bound not in ("lower", "exact"):
             raise ValueError(f"bound {self.bound!r} is unknown; choose 'lower' or 'exact'")
-        checks = {
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "warmup_epochs": self.warmup_epochs >= 0,
-            "warmup_lr": self.warmup_lr > 0,
-            "ebm_weight": self.ebm_weight >= 0,
-            "top_c": self.top_c >= 1,
-            "n_ctx": self.n_ctx >= 1 or bool(self.ctx_init),
-            "temperature": self.temperature is None or self.temperature > 0,
-            "num_workers": self.num_workers >= 0,
+        whole_numbers = {
+            "epochs": (0, "a whole number ≥ 0"),
+            "batch_size": (1, "a whole number ≥ 1"),
+            "warmup_epochs": (0, "a whole number ≥ 0"),
+            "top_c": (1, "a whole number ≥ 1"),
+            "n_ctx": (0 if self.ctx_init else 1, "a whole number ≥ 1, or any with ctx_init"),
+            "num_workers": (0, "a whole number ≥ 0"),
+            "seed": (None, "a whole number"),
         }
-        invalid = [name for name, ok in checks.items() if not ok]
-        if invalid:
-            values = {name: getattr(self, name) for name in invalid}
-            raise ValueError(f"invalid training settings {values}; see TrainConfig for the allowed ranges")
+        real_numbers = {
+            "lr": (lambda value: value > 0, "a number > 0"),
+            "warmup_lr": (lambda value: value > 0, "a number > 0"),
+            "ebm_weight": (lambda value: value >= 0, "a number ≥ 0"),
+            "momentum": (lambda value: value >= 0, "a number ≥ 0"),
+            "weight_decay": (lambda value: value >= 0, "a number ≥ 0"),
+            "crop_value": (math.isfinite, "a finite number"),
+        }
+        problems = []
+        for name, (minimum, rule) in whole_numbers.items():
+            value = getattr(self, name)
+            is_whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if not is_whole or (minimum is not None and value < minimum):
+                problems.append(f"{name}={value!r} (expected {rule})")
+        for name, (accept, rule) in real_numbers.items():
+            value = getattr(self, name)
+            is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not is_number or not math.isfinite(value) or not accept(value):
+                problems.append(f"{name}={value!r} (expected {rule})")
+        temperature = self.temperature
+        if temperature is not None and (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature)
+            or temperature <= 0
+        ):
+            problems.append(f"temperature={temperature!r} (expected a number > 0, or None for the model's own)")
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
 
         config = dataclasses.replace(self)
         if config.method == "coop" and config.ebm_weight != 0:
@@ -252,6 +289,17 @@ def _training_dataset(train_data: Any, config: TrainConfig, bundle: Any) -> Data
         if features.dim() != 2 or labels.dim() != 1 or len(features) != len(labels):
             raise ValueError(
                 f"features must be N×D and labels N, got shapes {tuple(features.shape)} and {tuple(labels.shape)}"
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(
+                f"labels must be an integer tensor of class indices, got dtype {labels.dtype}; "
+                "convert exact class indices with labels.long()"
+            )
+        embed_dim = getattr(bundle.model.visual, "output_dim", None)
+        if embed_dim is not None and features.shape[1] != embed_dim:
+            raise ValueError(
+                f"features have dimension {features.shape[1]}, but the model's image embeddings have {embed_dim}; "
+                "extract them with dsenergy.features.cached_features from the same model"
             )
         features = F.normalize(features.detach().float().cpu(), dim=-1)
         return TensorDataset(features, labels.detach().long().cpu())
@@ -413,6 +461,11 @@ def train_prompts(
         The learner (its context vectors on the model's device) and the per-epoch history.
     """
     config = (config or TrainConfig()).validate()
+    if config.method != "zeroshot" and config.top_c > len(class_names):
+        raise ValueError(
+            f"top_c {config.top_c} exceeds the number of classes ({len(class_names)}); "
+            f"choose top_c between 1 and {len(class_names)}"
+        )
     model = bundle.model
     device = _model_device(model)
     amp = config.amp and device.type == "cuda"

@@ -117,3 +117,15 @@ def test_bad_inputs_raise_named_errors():
         losses.combined_loss(s, y, 0.1, ebm_weight=-1.0)
     with pytest.raises(ValueError, match="top_c"):
         losses.ebm_lower_bound(s, y, 0.1, top_c=0)
+
+
+def test_fractional_targets_rejected():
+    s, _ = random_batch(n=5, k=4)
+    with pytest.raises(TypeError, match="integer tensor of class indices"):
+        losses.ebm_lower_bound(s, torch.tensor([0.5, 1.0, 2.0, 3.0, 0.0]), 0.07)
+
+
+def test_fractional_top_c_rejected():
+    s, y = random_batch(n=4, k=3)
+    with pytest.raises(TypeError, match="top_c must be an integer"):
+        losses.ebm_lower_bound(s, y, 0.07, top_c=1.5)

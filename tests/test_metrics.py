@@ -122,6 +122,22 @@ def test_accuracy_from_logits_and_predictions():
         metrics.accuracy(np.array([]), np.array([]))
 
 
+def test_accuracy_rejects_labels_outside_classes():
+    logits = torch.rand(10, 3)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\]"):
+        metrics.accuracy(logits, torch.arange(10))
+
+
+def test_accuracy_rejects_ood_labels():
+    with pytest.raises(ValueError, match="drop OOD samples"):
+        metrics.accuracy(torch.rand(4, 3), torch.full((4,), -1))
+
+
+def test_accuracy_rejects_float_labels():
+    with pytest.raises(TypeError, match="integer class indices"):
+        metrics.accuracy(np.array([0, 1]), np.array([0.0, 1.0]))
+
+
 def test_bootstrap_ci_is_seeded_and_brackets_value():
     id_scores, ood_scores = score_sets(0, tied=False)
     first = metrics.bootstrap_ci(id_scores, ood_scores, num_resamples=200, seed=7)

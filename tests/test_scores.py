@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import rankdata
@@ -154,6 +155,17 @@ def test_bad_inputs_raise_named_errors():
         scores.msp(torch.ones(2, 2, dtype=torch.long), 0.01)
     with pytest.raises(KeyError, match="unknown score"):
         scores.score_temperature("entropy", 0.01)
+
+
+@pytest.mark.parametrize("top_c", [1.5, 2.0, True])
+def test_delta_energy_rejects_non_integer_top_c(top_c):
+    with pytest.raises(TypeError, match="top_c must be an integer"):
+        scores.delta_energy(random_similarities(n=4, k=3), 0.05, top_c=top_c)
+
+
+def test_delta_energy_accepts_numpy_integer_top_c():
+    s = random_similarities(n=4, k=3)
+    torch.testing.assert_close(scores.delta_energy(s, 0.05, top_c=np.int64(2)), scores.delta_energy(s, 0.05, top_c=2))
 
 
 def test_feature_mask_delta_energy_hand_case():

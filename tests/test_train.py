@@ -229,6 +229,11 @@ def test_zeroshot_returns_phrase_context(data):
         ({"batch_size": 0}, "batch_size"),
         ({"ebm_weight": -1.0}, "ebm_weight"),
         ({"temperature": 0.0}, "temperature"),
+        ({"lr": "0.01"}, r"lr='0.01' \(expected a number > 0\)"),
+        ({"epochs": 2.5}, r"epochs=2.5 \(expected a whole number ≥ 0\)"),
+        ({"top_c": True}, "top_c=True"),
+        ({"crop_value": float("nan")}, "crop_value=nan"),
+        ({"momentum": -0.1}, "momentum=-0.1"),
     ],
 )
 def test_invalid_config_raises(overrides, message):
@@ -240,6 +245,31 @@ def test_labels_out_of_range_raise():
     features, labels = synthetic_features(16, DIM, len(CLASS_NAMES))
     with pytest.raises(ValueError, match="labels"):
         train_prompts(tiny_bundle(), CLASS_NAMES[:2], (features, labels), _config())
+
+
+def test_invalid_config_lists_every_problem():
+    with pytest.raises(ValueError) as raised:
+        _config(batch_size=0, lr=-1.0).validate()
+    assert "batch_size=0" in str(raised.value)
+    assert "lr=-1.0" in str(raised.value)
+
+
+def test_top_c_above_class_count_raises():
+    features, labels = synthetic_features(16, DIM, len(CLASS_NAMES))
+    with pytest.raises(ValueError, match=f"top_c {len(CLASS_NAMES) + 1} exceeds the number of classes"):
+        train_prompts(tiny_bundle(), CLASS_NAMES, (features, labels), _config(top_c=len(CLASS_NAMES) + 1))
+
+
+def test_fractional_labels_raise():
+    features, labels = synthetic_features(16, DIM, len(CLASS_NAMES))
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        train_prompts(tiny_bundle(), CLASS_NAMES, (features, labels.float()), _config())
+
+
+def test_feature_dimension_mismatch_raises():
+    features, labels = synthetic_features(16, DIM + 1, len(CLASS_NAMES))
+    with pytest.raises(ValueError, match=f"dimension {DIM + 1}, but the model's image embeddings have {DIM}"):
+        train_prompts(tiny_bundle(), CLASS_NAMES, (features, labels), _config())
 
 
 def test_features_mode_rejects_image_dataset():
