@@ -60,8 +60,37 @@ def test_missing_root_names_path_and_layout(tmp_path):
 
 def test_empty_class_folder_is_an_error(folder):
     (folder / "owl").mkdir()
-    with pytest.raises(ValueError, match=r"owl contains no images"):
-        image_folder_dataset(folder)
+    (folder / "owl" / "readme.txt").write_text("no images here")
+
+    for verify in (True, False):
+        with pytest.raises(ValueError) as error:
+            image_folder_dataset(folder, verify=verify)
+        message = str(error.value)
+        assert "owl contains no image files" in message
+        assert "with or without verify" in message
+        assert "Add images to it, or move it out of" in message
+
+
+def test_empty_class_listed_in_class_names(folder):
+    (folder / "owl").mkdir()
+    with pytest.raises(ValueError, match=r"owl contains no image files.*drop the class from class_names"):
+        image_folder_dataset(folder, class_names=["cat", "dog", "fox", "owl"])
+
+
+def test_class_names_cannot_select_subset(folder):
+    with pytest.raises(ValueError) as error:
+        image_folder_dataset(folder, class_names=["cat", "dog"])
+    message = str(error.value)
+
+    assert "extra ['fox'] (1)" in message
+    assert "missing [" not in message
+    assert "does not select a subset" in message
+    assert "move them out of" in message
+
+
+def test_duplicate_class_names_rejected(folder):
+    with pytest.raises(ValueError, match=r"\['cat'\] more than once"):
+        image_folder_dataset(folder, class_names=["cat", "dog", "fox", "cat"])
 
 
 def test_corrupt_image_skipped_at_index_time(folder, caplog):
@@ -88,7 +117,71 @@ def test_undecodable_image_gets_placeholder(folder, caplog):
     assert image.size == (224, 224)
     assert image.getpixel((0, 0)) == (128, 128, 128)
     assert dataset.decode_failures == 1
+    assert dataset.placeholder_paths == {truncated}
     assert "zz_truncated.jpg" in caplog.text
+    assert "with the file's label 2" in caplog.text
+    assert "enters extracted features and scores" in caplog.text
+    assert "Build the dataset with verify=True" in caplog.text
+
+
+def _noise_jpeg(path, seed=0):
+    """Write a 64×64 noise JPEG, large enough that cutting it in half leaves the header intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
+    return path
+
+
+def test_verify_drops_truncated_jpeg(folder):
+    whole = _noise_jpeg(folder / "cat" / "whole.jpg").read_bytes()
+    (folder / "cat" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    unchecked = image_folder_dataset(folder, verify=False)
+    checked = image_folder_dataset(folder)
+
+    assert len(unchecked) == 11
+    assert len(checked) == 10
+    assert all(path.name != "cut.jpg" for path, _ in checked.samples)
+
+
+def test_verify_keeps_jpeg_with_trailing_bytes(folder):
+    path = _noise_jpeg(folder / "cat" / "tail.jpg")
+    path.write_bytes(path.read_bytes() + b"camera metadata")
+    dataset = image_folder_dataset(folder)
+
+    assert len(dataset) == 10
+    assert dataset[[p for p, _ in dataset.samples].index(path)][0].size == (64, 64)
+
+
+def test_placeholder_after_verify_advises_replacing(folder, caplog):
+    dataset = image_folder_dataset(folder)
+    (folder / "dog" / "img0.jpg").write_bytes(b"overwritten after indexing")
+
+    with caplog.at_level(logging.WARNING, logger="dsenergy.data.folders"):
+        dataset[2]
+
+    assert dataset.verified
+    assert "passed the index-time check, so remove or replace it" in caplog.text
+
+
+def test_placeholder_logs_are_rate_limited(tmp_path, caplog):
+    root = tmp_path / "broken"
+    for i in range(8):
+        (root / "junk").mkdir(parents=True, exist_ok=True)
+        (root / "junk" / f"bad{i}.png").write_bytes(b"not a png")
+    dataset = image_folder_dataset(root, verify=False)
+
+    with caplog.at_level(logging.WARNING, logger="dsenergy.data.folders"):
+        for index in [*range(8), 0, 1]:
+            dataset[index]
+    named = [r for r in caplog.records if "failed to decode" in r.getMessage()]
+    counts = [r.getMessage() for r in caplog.records if "decode failure(s) so far" in r.getMessage()]
+
+    assert dataset.decode_failures == 10
+    assert len(dataset.placeholder_paths) == 8
+    assert len(named) == 5
+    assert len(counts) == 2
+    assert "6 decode failure(s) so far in 6 file(s)" in counts[0]
+    assert "10 decode failure(s) so far in 8 file(s)" in counts[1]
 
 
 def test_identity_tracks_file_list(folder):
@@ -126,6 +219,17 @@ def test_ood_folder_labels_minus_one(tmp_path):
     assert (dataset.labels == -1).all()
     assert dataset.ood_class_names == [".", "images"]
     assert sorted(dataset.ood_labels.tolist()) == [0, 1, 1]
+
+
+def test_ood_folder_log_counts_ood_classes(tmp_path, caplog):
+    for name, count in (("cat", 3), ("dog", 4)):
+        for i in range(count):
+            _write_image(tmp_path / "ood" / name / f"{i}", i)
+    with caplog.at_level(logging.INFO, logger="dsenergy.data.folders"):
+        ood_folder_dataset(tmp_path / "ood")
+
+    assert "7 images from 2 OOD classes" in caplog.text
+    assert "0 classes" not in caplog.text
 
 
 def test_ood_folder_rejects_empty_and_missing(tmp_path):
@@ -172,7 +276,7 @@ def test_csv_manifest_bad_inputs(tmp_path):
     columns = tmp_path / "columns.csv"
     columns.write_text("file,class\na.png,bag\n")
 
-    with pytest.raises(ValueError, match=r"not in the class list.*hat"):
+    with pytest.raises(ValueError, match=r"Labels \['hat'\] are not in the class list \['bag', 'shoe'\]"):
         csv_manifest_dataset(unknown, class_names=["bag", "shoe"])
     with pytest.raises(FileNotFoundError, match="gone.png"):
         csv_manifest_dataset(missing)
@@ -180,3 +284,48 @@ def test_csv_manifest_bad_inputs(tmp_path):
         csv_manifest_dataset(columns)
     with pytest.raises(FileNotFoundError, match="absent.csv"):
         csv_manifest_dataset(tmp_path / "absent.csv")
+
+
+def test_csv_manifest_index_out_of_range(tmp_path):
+    _write_image(tmp_path / "a", 10)
+    single = _write_csv(tmp_path / "single.csv", [("a.png", 7)])
+    mixed = _write_csv(tmp_path / "mixed.csv", [("a.png", 7), ("a.png", -1), ("a.png", "hat")])
+
+    with pytest.raises(ValueError) as error:
+        csv_manifest_dataset(single, class_names=["cat", "dog"])
+    assert "Label index 7 is out of range 0..1" in str(error.value)
+    assert "not in the class list" not in str(error.value)
+
+    with pytest.raises(ValueError) as error:
+        csv_manifest_dataset(mixed, class_names=["cat", "dog"])
+    assert "Label indices -1, 7 are out of range 0..1" in str(error.value)
+    assert "Labels ['hat'] are not in the class list" in str(error.value)
+
+
+def test_csv_manifest_rejects_empty_class_names(tmp_path):
+    _write_image(tmp_path / "a", 10)
+    manifest = _write_csv(tmp_path / "m.csv", [("a.png", 0)])
+    with pytest.raises(ValueError, match="class_names for .* is empty"):
+        csv_manifest_dataset(manifest, class_names=[])
+
+
+@pytest.fixture
+def loaders(folder, tmp_path):
+    """Each loader that verifies images, as a function of keyword arguments."""
+    manifest = _write_csv(tmp_path / "m.csv", [(folder / "cat" / "img0.jpg", "cat")])
+    return {
+        "folder": lambda **kwargs: image_folder_dataset(folder, **kwargs),
+        "ood": lambda **kwargs: ood_folder_dataset(folder, **kwargs),
+        "csv": lambda **kwargs: csv_manifest_dataset(manifest, **kwargs),
+    }
+
+
+@pytest.mark.parametrize("loader", ["folder", "ood", "csv"])
+def test_progress_bar_switch(loaders, loader, capsys):
+    loaders[loader](progress=False)
+    quiet_output = capsys.readouterr().err
+    loaders[loader](progress=True)
+    bar_output = capsys.readouterr().err
+
+    assert "verify" not in quiet_output
+    assert "verify" in bar_output

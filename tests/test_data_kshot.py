@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -86,3 +87,25 @@ def test_default_cache_dir_and_fashion_open():
     assert np.bincount(labels[indices]).tolist() == [16] * 6
     assert kshot_path("fashion-open/id_train", 16, 1).parent == cache_dir() / "splits"
     assert kshot_path("fashion-open/id_train", 16, 1).is_file()
+
+
+def test_kshot_file_name_pattern(tmp_path):
+    dataset_id = "fashion-open-v1/id_train/3c8bda013253fc0d"
+    id_hash = hashlib.sha256(dataset_id.encode()).hexdigest()[:12]
+    path = kshot_path(dataset_id, 4, 1, tmp_path)
+
+    assert path.parent == tmp_path / "splits"
+    assert path.name == f"fashion-open-v1_id_train_3c8bda013253fc0d-{id_hash}-k4-seed1.json"
+    assert path.name == "fashion-open-v1_id_train_3c8bda013253fc0d-79b83193988c-k4-seed1.json"
+
+
+def test_kshot_distinct_ids_distinct_files(tmp_path):
+    slash = kshot_path("pets/train", 4, 1, tmp_path)
+    colon = kshot_path("pets:train", 4, 1, tmp_path)
+    long_a = kshot_path("x" * 80 + "a", 4, 1, tmp_path)
+    long_b = kshot_path("x" * 80 + "b", 4, 1, tmp_path)
+
+    assert slash.name.startswith("pets_train-")
+    assert colon.name.startswith("pets_train-")
+    assert slash != colon
+    assert long_a != long_b

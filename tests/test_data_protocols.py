@@ -185,3 +185,31 @@ def test_croft_setup2_bad_inputs(pacs):
         croft_setup2(pacs, "sketch", domains=["art_painting", "photo"], verify=False)
     with pytest.raises(FileNotFoundError, match="sketch"):
         croft_setup2(pacs, "photo", domains=["photo", "sketch"], verify=False)
+
+
+def test_croft_setup2_empty_class_folder(pacs):
+    for image_path in (pacs / "cartoon" / "giraffe").iterdir():
+        image_path.unlink()
+    with pytest.raises(ValueError, match=r"giraffe contains no image files.*remove this class folder from every"):
+        croft_setup2(pacs, "photo", verify=False)
+
+
+def test_croft_setup2_mismatch_remedy(pacs):
+    (pacs / "cartoon" / "horse").mkdir()
+    with pytest.raises(ValueError, match=r"same class folders as .*art_painting"):
+        croft_setup2(pacs, "photo", verify=False)
+
+
+def test_imagenet_open_set_keeps_verified_flag(imagenet_val):
+    open_set = imagenet_open_set(imagenet_val, [1, 2], progress=False)
+    assert open_set.verified
+
+
+def test_protocol_loaders_progress_switch(pacs, capsys):
+    croft_setup2(pacs, "photo", progress=False)
+    quiet_output = capsys.readouterr().err
+    croft_setup2(pacs, "photo", progress=True)
+    bar_output = capsys.readouterr().err
+
+    assert "verify" not in quiet_output
+    assert "verify" in bar_output

@@ -40,7 +40,15 @@ def draw_kshot(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def kshot_path(dataset_id: str, k: int, seed: int, cache_dir: str | Path | None = None) -> Path:
-    """Return the split file path: ``<cache_dir>/splits/<dataset>-k<k>-seed<seed>.json``."""
+    """Return the split file path: ``<cache_dir>/splits/<readable id>-<id hash>-k<k>-seed<seed>.json``.
+
+    ``<readable id>`` is ``dataset_id`` with other characters than letters, digits, ``.``, ``_`` and
+    ``-`` replaced by ``_``, cut to 80 characters. ``<id hash>`` is the first 12 hex digits of the
+    sha256 of the full ``dataset_id``, so ids that differ only in replaced or cut characters still get
+    different files. A dataset's ``identity`` already
+    ends in a hash of its data, e.g. fashion-open ``id_train`` with k=4 and seed=1 gives
+    ``fashion-open-v1_id_train_3c8bda013253fc0d-79b83193988c-k4-seed1.json``.
+    """
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset_id)[:80]
     tag = hashlib.sha256(dataset_id.encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -69,7 +77,7 @@ def _stored_indices(path: Path, dataset_id: str, k: int, seed: int, labels: np.n
 def kshot_indices(
     labels: np.ndarray, k: int, seed: int, dataset_id: str, cache_dir: str | Path | None = None
 ) -> np.ndarray:
-    """Return K indices per class, reusing ``<cache_dir>/splits/…json`` when it matches (dataset_id, k, seed, labels).
+    """Return K indices per class, reusing the file at :func:`kshot_path` when it matches (dataset_id, k, seed, labels).
 
     ``cache_dir`` defaults to ``dsenergy._paths.cache_dir()``. A new split is drawn by
     ``draw_kshot`` and written atomically.

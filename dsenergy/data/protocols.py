@@ -107,20 +107,35 @@ def imagenet_dataset(
     transform: Callable[[Image.Image], Any] | None = None,
     verify: bool = True,
     name: str = "imagenet",
+    progress: bool | None = None,
 ) -> ImageFileDataset:
     """Read an ImageNet-1k split folder (``root/<wnid>/*``) restricted to ``class_indices`` (default all).
 
     The folders must be exactly the 1000 wnids. Label i names ``class_names[i]``, the ImageNet class
-    ``class_indices[i]``.
+    ``class_indices[i]``. The folder of each selected class must contain at least one image, also with
+    ``verify=False``.
+
+    Args:
+        verify: check every file with PIL when the index is built and drop the unreadable ones, with a
+            logged count (see :class:`~dsenergy.data.folders.ImageFileDataset` for what the check
+            covers). With False, no file is opened until ``__getitem__``, and a file that fails to decode
+            then is served as a gray placeholder with its label, whose features enter the results.
+        progress: show the verify progress bar. None leaves it to tqdm (shown on a terminal only).
     """
     root = _require_dir(Path(root), _IMAGENET_LAYOUT)
     wnids = list(wnids) if wnids is not None else imagenet_wnids(val_root=root)
-    check_class_names(subfolder_names(root), wnids, str(root))
+    check_class_names(
+        subfolder_names(root), wnids, str(root),
+        remedy=f"Restore the missing wnid folders and move the extra ones out of {root}.",
+    )
 
     indices = _validate_indices(class_indices, len(wnids))
     names = imagenet_class_names()
-    samples = class_folder_samples(root, [wnids[i] for i in indices], _IMAGENET_LAYOUT)
-    return ImageFileDataset(samples, [names[i] for i in indices], name, root, transform, verify)
+    samples = class_folder_samples(
+        root, [wnids[i] for i in indices], _IMAGENET_LAYOUT,
+        remedy="Add the class's images, or leave its index out of class_indices.",
+    )
+    return ImageFileDataset(samples, [names[i] for i in indices], name, root, transform, verify, progress=progress)
 
 
 def imagenet_open_set(
@@ -130,13 +145,25 @@ def imagenet_open_set(
     transform: Callable[[Image.Image], Any] | None = None,
     verify: bool = True,
     name: str = "imagenet-open-set",
+    progress: bool | None = None,
 ) -> ImageFileDataset:
-    """Read the ImageNet classes ``ood_class_indices`` as open-set OOD data (label -1, own class in ``ood_labels``)."""
-    inner = imagenet_dataset(root, ood_class_indices, wnids, None, verify, name)
-    return ImageFileDataset(
+    """Read the ImageNet classes ``ood_class_indices`` as open-set OOD data (label -1, own class in ``ood_labels``).
+
+    Args:
+        verify: check every file with PIL when the index is built and drop the unreadable ones, with a
+            logged count (see :class:`~dsenergy.data.folders.ImageFileDataset` for what the check
+            covers). With False, no file is opened until ``__getitem__``, and a file that fails to decode
+            then is served as a gray placeholder with its label, whose features enter the results.
+        progress: show the verify progress bar. None leaves it to tqdm (shown on a terminal only).
+    """
+    inner = imagenet_dataset(root, ood_class_indices, wnids, None, verify, name, progress=progress)
+    # The inner dataset has already checked the files, so the outer one skips the check.
+    dataset = ImageFileDataset(
         [(path, -1) for path, _ in inner.samples], [], name, inner.root, transform, verify=False,
         ood_labels=inner.labels, ood_class_names=inner.class_names,
     )
+    dataset.verified = inner.verified
+    return dataset
 
 
 def imagenet_variant(
@@ -146,12 +173,21 @@ def imagenet_variant(
     wnids: Sequence[str] | None = None,
     transform: Callable[[Image.Image], Any] | None = None,
     verify: bool = True,
+    progress: bool | None = None,
 ) -> ImageFileDataset:
     """Read ImageNet-V2 / -Sketch / -A / -R restricted to the ImageNet classes ``class_indices``.
 
     Folders are wnids (Sketch, A, R) or integer labels 0..999 (V2). A and R cover 200 classes, so
     ID classes without a folder contribute no images, but ``class_names`` still lists every ID class
-    and labels index it. A folder that names no ImageNet-1k class raises ``ValueError``.
+    and labels index it. A folder that names no ImageNet-1k class raises ``ValueError``, and so does an
+    empty folder of a requested class, also with ``verify=False``.
+
+    Args:
+        verify: check every file with PIL when the index is built and drop the unreadable ones, with a
+            logged count (see :class:`~dsenergy.data.folders.ImageFileDataset` for what the check
+            covers). With False, no file is opened until ``__getitem__``, and a file that fails to decode
+            then is served as a gray placeholder with its label, whose features enter the results.
+        progress: show the verify progress bar. None leaves it to tqdm (shown on a terminal only).
     """
     if variant not in IMAGENET_VARIANTS:
         raise ValueError(f"unknown ImageNet variant {variant!r}; expected one of {sorted(IMAGENET_VARIANTS)}")
@@ -173,13 +209,19 @@ def imagenet_variant(
     present = [(label, wnids[i]) for label, i in enumerate(indices) if folder_of[wnids[i]] in folders]
     samples = []
     for label, wnid in present:
-        samples.extend((path, label) for path, _ in class_folder_samples(root, [folder_of[wnid]], layout))
+        folder_samples = class_folder_samples(
+            root, [folder_of[wnid]], layout,
+            remedy="Add the class's images, or remove the folder so that the class contributes no images.",
+        )
+        samples.extend((path, label) for path, _ in folder_samples)
     if not samples:
         raise ValueError(f"{root} has no folder for any of the {len(indices)} requested classes")
 
     names = imagenet_class_names()
     logger.info("ImageNet-%s: %d of %d requested classes present", variant, len(present), len(indices))
-    return ImageFileDataset(samples, [names[i] for i in indices], f"imagenet-{variant}", root, transform, verify)
+    return ImageFileDataset(
+        samples, [names[i] for i in indices], f"imagenet-{variant}", root, transform, verify, progress=progress
+    )
 
 
 def croft_setup1_classes(seed: int, num_classes: int = 1000, id_fraction: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
@@ -213,11 +255,20 @@ def croft_setup2(
     domains: Sequence[str] | None = None,
     transform: Callable[[Image.Image], Any] | None = None,
     verify: bool = True,
+    progress: bool | None = None,
 ) -> DomainSplit:
     """Read a multi-domain dataset (PACS, VLCS: ``root/<domain>/<class>/*``) and hold out ``target_domain``.
 
-    Every domain must have the same class folders. Class names are the folder names with ``_`` read
-    as a space. Pair it with ``ood_folder_dataset`` for the open-set OOD data (DTD, Food101, Caltech101).
+    Every domain must have the same class folders, each with at least one image (also with
+    ``verify=False``). Class names are the folder names with ``_`` read as a space. Pair it with
+    ``ood_folder_dataset`` for the open-set OOD data (DTD, Food101, Caltech101).
+
+    Args:
+        verify: check every file with PIL when the index is built and drop the unreadable ones, with a
+            logged count (see :class:`~dsenergy.data.folders.ImageFileDataset` for what the check
+            covers). With False, no file is opened until ``__getitem__``, and a file that fails to decode
+            then is served as a gray placeholder with its label, whose features enter the results.
+        progress: show the verify progress bar. None leaves it to tqdm (shown on a terminal only).
     """
     layout = "root/<domain>/<class>/<image files>"
     root = _require_dir(Path(root), layout)
@@ -233,23 +284,32 @@ def croft_setup2(
     if not folders:
         raise ValueError(f"{root / domains[0]} contains no class folders; expected the layout {layout}")
     for domain in domains[1:]:
-        check_class_names(subfolder_names(root / domain), folders, str(root / domain))
+        check_class_names(
+            subfolder_names(root / domain), folders, str(root / domain),
+            remedy=(
+                f"Every domain must have the same class folders as {root / domains[0]}, so add or remove "
+                "folders until they match, or leave the domain out of domains."
+            ),
+        )
     class_names = [folder.replace("_", " ") for folder in folders]
 
     source_domains = [d for d in domains if d != target_domain]
+    empty_remedy = "Add images to it, or remove this class folder from every domain."
     source_samples, domain_labels = [], []
     for index, domain in enumerate(source_domains):
-        samples = class_folder_samples(root / domain, folders, layout, recursive=True)
+        samples = class_folder_samples(root / domain, folders, layout, recursive=True, remedy=empty_remedy)
         source_samples.extend(samples)
         domain_labels.extend([index] * len(samples))
-    target_samples = class_folder_samples(root / target_domain, folders, layout, recursive=True)
+    target_samples = class_folder_samples(root / target_domain, folders, layout, recursive=True, remedy=empty_remedy)
 
     source = ImageFileDataset(
-        source_samples, class_names, f"{root.name}-minus-{target_domain}", root, transform, verify
+        source_samples, class_names, f"{root.name}-minus-{target_domain}", root, transform, verify, progress=progress
     )
     kept = {path for path, _ in source.samples}
     domain_labels = np.array(
         [d for (path, _), d in zip(source_samples, domain_labels) if path in kept], dtype=np.int64
     )
-    target = ImageFileDataset(target_samples, class_names, f"{root.name}-{target_domain}", root, transform, verify)
+    target = ImageFileDataset(
+        target_samples, class_names, f"{root.name}-{target_domain}", root, transform, verify, progress=progress
+    )
     return DomainSplit(source, target, source_domains, target_domain, class_names, domain_labels)
