@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
@@ -87,24 +88,39 @@ def extract_features_and_labels(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Encode every image of ``dataset``; also return its labels (int64, N) when the items carry them.
 
+    Image tensors must already be preprocessed: floating point, C×H×W per image, with the channel
+    count and image size that the model expects (3×28×28 for the demo model). Integer tensors
+    such as uint8 pixels are rejected rather than cast, because the model needs the normalised
+    values that the bundle's ``preprocess_val`` produces.
+
     Args:
         model_or_bundle: a ``ClipBundle`` or a module with ``encode_image`` (or a plain image encoder).
-        dataset: an image tensor N×C×H×W, a ``TensorDataset`` (images, optional labels) or a map-style
-            dataset whose items are images, ``(image, label, ...)`` tuples or dicts with ``"image"``
-            and ``"label"``.
+        dataset: one of
+            - a float tensor N×C×H×W of preprocessed images;
+            - a ``TensorDataset`` whose first tensor is such images, optionally followed by labels;
+            - a map-style dataset, or a list, whose items are images, ``(image, label, ...)``
+              tuples or dicts with ``"image"`` and ``"label"``. An image is a PIL image, which
+              ``transform`` preprocesses, or a preprocessed float tensor C×H×W.
         batch_size: images per forward pass.
         device: device to run on; defaults to the model's device. The model must already be there.
         num_workers: ``DataLoader`` worker processes for map-style datasets.
         amp: run under fp16 autocast; ``None`` uses it when the bundle's precision is ``"amp"``.
             Autocast only runs on CUDA.
-        transform: applied to items that are not yet tensors (PIL images); defaults to the bundle's
-            ``preprocess_val``.
+        transform: applied to items that are not yet tensors. It defaults to the bundle's
+            ``preprocess_val``, which takes PIL images only. A caller's transform may take any item
+            type but must return a preprocessed float tensor C×H×W.
         progress: show a tqdm progress bar.
+
+    Raises:
+        TypeError: ``dataset`` or one of its images has an unsupported type, or an image tensor has
+            an integer dtype.
+        ValueError: the dataset is empty, or an image tensor does not have the expected shape.
     """
     if batch_size < 1:
         raise ValueError(f"Invalid batch_size {batch_size}; it must be at least 1.")
 
     model, encode, model_device, default_transform, default_amp = _resolve_encoder(model_or_bundle)
+    expected = _ExpectedImages.of(model)
     run_device = torch.device(device) if device is not None else model_device
     if run_device != model_device:
         raise ValueError(
@@ -115,16 +131,22 @@ def extract_features_and_labels(
     input_dtype = image_input_dtype(model)
     transform = transform if transform is not None else default_transform
 
+    _check_dataset_type(dataset)
     num_samples = len(dataset)
     if num_samples == 0:
         raise ValueError("The dataset is empty; there are no images to encode.")
+    if isinstance(dataset, torch.Tensor):
+        expected.check_batch(dataset, "images")
+    elif isinstance(dataset, TensorDataset):
+        expected.check_batch(dataset.tensors[0], "the first tensor of the TensorDataset")
+    pil_only = transform is not None and transform is default_transform
 
     feature_chunks: list[torch.Tensor] = []
     label_chunks: list[torch.Tensor | None] = []
     was_training = model.training
     model.eval()
     try:
-        batches = _iter_batches(dataset, batch_size, num_workers, transform, run_device)
+        batches = _iter_batches(dataset, batch_size, num_workers, transform, pil_only, expected, run_device)
         with torch.inference_mode(), autocast_context(run_device, use_amp):
             for images, labels in tqdm(batches, total=-(-num_samples // batch_size), desc="Extracting features",
                                        unit="batch", disable=not progress):
@@ -177,11 +199,112 @@ def _module_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_dataset_type(dataset: Any) -> None:
+    if isinstance(dataset, (torch.Tensor, Dataset)):
+        return
+    if isinstance(dataset, (str, bytes)) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(
+            f"Cannot encode images from {type(dataset).__name__} {_short_repr(dataset)}; pass a float tensor "
+            "N×C×H×W of preprocessed images, a TensorDataset, or a dataset or list of PIL images (optionally as "
+            "(image, label) pairs)."
+        )
+
+
+@dataclass(frozen=True)
+class _ExpectedImages:
+    """Channel count and image size (height, width) that an image tower takes, each None where unknown."""
+
+    channels: int | None
+    size: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> _ExpectedImages:
+        """Read the input shape from the tower's first convolution and its ``image_size`` or preprocess config.
+
+        open_clip towers (ViT, ModifiedResNet, timm) store ``image_size``, and open_clip's factory adds
+        ``preprocess_cfg["size"]``. ViT and ModifiedResNet size their positional embeddings for that
+        input, so other sizes fail inside the model.
+
+        NOTE: some timm trunks, such as CNNs with global pooling, would accept other sizes, but the
+        check still requires ``image_size``, the size that open_clip's preprocess produces.
+        """
+        tower = getattr(model, "visual", model)
+        channels = None
+        for module in tower.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                channels = module.in_channels
+                break
+
+        size = getattr(tower, "image_size", None)
+        if size is None:
+            size = (getattr(tower, "preprocess_cfg", None) or {}).get("size")
+        if isinstance(size, int):
+            size = (size, size)
+        elif size is not None:
+            size = (int(size[0]), int(size[1]))
+        return cls(channels, size)
+
+    def describe(self, batched: bool) -> str:
+        """Return the expected shape, as in ``N×3×28×28``, with letters for unknown sizes."""
+        parts = [str(self.channels) if self.channels is not None else "C"]
+        parts += [str(side) for side in self.size] if self.size is not None else ["H", "W"]
+        return "×".join((["N"] if batched else []) + parts)
+
+    def check_batch(self, images: torch.Tensor, name: str) -> None:
+        """Raise when ``images`` is not a float tensor N×C×H×W of the expected shape, naming it ``name``."""
+        self._check_dtype(images, name)
+        shape = tuple(images.shape)
+        if images.ndim == 3 and self._fits(shape):
+            raise ValueError(
+                f"Expected {self.describe(batched=True)} preprocessed images, got {name} of shape {shape}; "
+                "add the batch dimension of a single image with images.unsqueeze(0)."
+            )
+        if images.ndim != 4 or not self._fits(shape[1:]):
+            raise ValueError(
+                f"Expected {self.describe(batched=True)} preprocessed images, got {name} of shape {shape}. "
+                f"{_PREPROCESS_HINT}"
+            )
+
+    def check_image(self, image: torch.Tensor, name: str) -> None:
+        """Raise when ``image`` is not a float tensor C×H×W of the expected shape."""
+        self._check_dtype(image, name)
+        shape = tuple(image.shape)
+        if image.ndim != 3 or not self._fits(shape):
+            raise ValueError(
+                f"Expected a {self.describe(batched=False)} preprocessed image, got {name} of shape {shape}. "
+                f"{_PREPROCESS_HINT}"
+            )
+
+    def _fits(self, image_shape: tuple[int, ...]) -> bool:
+        if len(image_shape) != 3:
+            return False
+        if self.channels is not None and image_shape[0] != self.channels:
+            return False
+        return self.size is None or tuple(image_shape[1:]) == self.size
+
+    def _check_dtype(self, images: torch.Tensor, name: str) -> None:
+        if images.is_floating_point():
+            return
+        raise TypeError(
+            f"Expected preprocessed float images ({self.describe(batched=images.ndim == 4)}), got {name} of dtype "
+            f"{images.dtype}. Integer pixel values are not cast, because the model needs the normalised values "
+            f"that preprocessing produces. {_PREPROCESS_HINT}"
+        )
+
+
+_PREPROCESS_HINT = (
+    "Pass PIL images (or a dataset of them) so that the bundle's preprocess_val is applied, "
+    "or apply bundle.preprocess_val to each image first."
+)
+
+
 def _iter_batches(
     dataset: Dataset | torch.Tensor,
     batch_size: int,
     num_workers: int,
     transform: Callable | None,
+    pil_only: bool,
+    expected: _ExpectedImages,
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield (images, labels or None) batches; in-memory tensors are sliced without a DataLoader."""
@@ -190,7 +313,7 @@ def _iter_batches(
             yield dataset[start:start + batch_size], None
         return
 
-    if isinstance(dataset, TensorDataset) and dataset.tensors[0].is_floating_point():
+    if isinstance(dataset, TensorDataset):
         images = dataset.tensors[0]
         labels = dataset.tensors[1] if len(dataset.tensors) > 1 else None
         for start in range(0, len(images), batch_size):
@@ -199,7 +322,7 @@ def _iter_batches(
         return
 
     loader = DataLoader(
-        _PreparedDataset(dataset, transform),
+        _PreparedDataset(dataset, transform, pil_only, expected),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -210,11 +333,17 @@ def _iter_batches(
 
 
 class _PreparedDataset(Dataset):
-    """Split items into (image tensor, label or None) and apply the transform to non-tensor images."""
+    """Split items into (image tensor, label or None), apply the transform to non-tensor images and check the result.
 
-    def __init__(self, dataset: Dataset, transform: Callable | None) -> None:
+    With ``pil_only`` the transform is the bundle's ``preprocess_val``, so non-tensor images other
+    than PIL images are rejected before the transform is called.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable | None, pil_only: bool, expected: _ExpectedImages) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.pil_only = pil_only
+        self.expected = expected
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -234,12 +363,30 @@ class _PreparedDataset(Dataset):
                     f"Item {index} is a {type(image).__name__} rather than a tensor, and the transform is missing; "
                     "pass transform=bundle.preprocess_val or a ClipBundle."
                 )
+            if self.pil_only and not isinstance(image, Image.Image):
+                raise TypeError(
+                    f"Item {index} has type {type(image).__name__} ({_short_repr(image)}), which is not an image. "
+                    "Dataset items must be PIL images or preprocessed float tensors "
+                    f"{self.expected.describe(batched=False)}, alone, as (image, label) pairs or as dicts with "
+                    "'image' and 'label'; pass transform= to convert other item types."
+                )
             image = self.transform(image)
+            if not isinstance(image, torch.Tensor):
+                raise TypeError(
+                    f"The transform returned a {type(image).__name__} for item {index}; it must return a "
+                    f"preprocessed float tensor {self.expected.describe(batched=False)}."
+                )
+        self.expected.check_image(image, f"item {index}")
         if isinstance(label, torch.Tensor):
             label = int(label.item())
         elif label is not None:
             label = int(label)
         return image, label
+
+
+def _short_repr(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _collate(items: list[tuple[torch.Tensor, int | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -273,6 +420,20 @@ class FeatureSet:
     key: str
     path: Path
     cache_hit: bool
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(features={_describe_tensor(self.features)}, "
+            f"labels={_describe_tensor(self.labels)}, key={self.key[:12] + '…'!r}, path={str(self.path)!r}, "
+            f"cache_hit={self.cache_hit})"
+        )
+
+
+def _describe_tensor(tensor: torch.Tensor | None) -> str:
+    """Describe a tensor by dtype and shape, as in ``float32[10, 128]``."""
+    if tensor is None:
+        return "None"
+    return f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}"
 
 
 def dataset_fingerprint(dataset: Dataset | torch.Tensor) -> str:
@@ -490,8 +651,10 @@ def _read_cache_file(
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or corrupt files raise many types from torch.load and pickle
-        logger.warning("Feature cache file %s is unreadable (%s: %s); rebuilding it.", path, type(error).__name__,
-                       str(error).splitlines()[0] if str(error) else "")
+        # torch's message for unpicklable content advises weights_only=False, which is unsafe and
+        # not needed here, so only the exception type is logged.
+        logger.warning("Feature cache file %s is corrupt or unreadable (torch.load raised %s); rebuilding it.",
+                       path, type(error).__name__)
         return None
 
     problem = _validate_cache_content(content, key, fields)

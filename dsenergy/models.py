@@ -247,12 +247,37 @@ def _check_precision(precision: str, device: torch.device) -> None:
 def _check_model_name(name: str, pretrained: str | None) -> None:
     if name in open_clip.list_models():
         return
-    close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
+    close = _close_model_names(name)
     raise WeightsUnavailableError(
         f"Unknown model {name!r} (pretrained={pretrained!r}): open_clip has no such architecture config. "
         f"Close names: {', '.join(close) or 'none'}. Register a config with dsenergy.models.register_model_config or "
         f"open_clip.add_model_config, then {_LOCAL_HINT}."
     )
+
+
+def _close_model_names(name: str, count: int = 5) -> list[str]:
+    """Return up to ``count`` known model names that resemble ``name``, the most similar first.
+
+    Names are compared case-insensitively with ``-`` and ``_`` treated alike, so ``dsenergy_demo``
+    finds ``dsenergy-demo`` and ``vit-b-32`` finds ``ViT-B-32``. The demo model is a candidate even
+    before its config is registered with open_clip.
+    """
+    candidates = list(open_clip.list_models())
+    demo_name = _demo_model_name()
+    if demo_name is not None and demo_name not in candidates:
+        candidates.append(demo_name)
+
+    def normalise(text: str) -> str:
+        return text.lower().replace("_", "-")
+
+    by_normalised: dict[str, list[str]] = {}
+    for candidate in candidates:
+        by_normalised.setdefault(normalise(candidate), []).append(candidate)
+
+    close: list[str] = []
+    for match in difflib.get_close_matches(normalise(name), list(by_normalised), n=count):
+        close.extend(by_normalised[match])
+    return close[:count]
 
 
 def weights_problem(name: str, pretrained: str | None) -> tuple[str, str] | None:
@@ -271,7 +296,7 @@ def weights_problem(name: str, pretrained: str | None) -> tuple[str, str] | None
     if name.startswith(_HUB_PREFIX):
         return None
     if name not in open_clip.list_models():
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
+        close = _close_model_names(name)
         return "model", (
             f"model {name!r} is not an open_clip architecture (close names: {', '.join(close) or 'none'}); "
             "use a name from open_clip.list_models() or register a config with dsenergy.models.register_model_config"
@@ -659,6 +684,22 @@ class ZeroShotClassifier:
     class_names: list[str]
     templates: list[Template]
 
+    def __post_init__(self) -> None:
+        self.class_names = _as_name_list(self.class_names, "class_names", _CLASS_NAMES_EXAMPLE)
+        self.templates = _as_name_list(self.templates, "templates", _TEMPLATES_EXAMPLE, allow_callables=True)
+        if self.text_features.ndim != 2 or self.text_features.shape[0] != len(self.class_names):
+            raise ValueError(
+                f"text_features of shape {tuple(self.text_features.shape)} does not fit {len(self.class_names)} "
+                f"class names; expected a {len(self.class_names)}×D tensor with one row per class."
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(text_features={_describe_tensor(self.text_features)}, "
+            f"logit_scale={self.logit_scale:.4g}, class_names={_abbreviate(self.class_names)}, "
+            f"templates={_abbreviate(self.templates)})"
+        )
+
     @property
     def temperature(self) -> float:
         """Temperature ``τ = 1 / logit_scale``."""
@@ -670,11 +711,25 @@ class ZeroShotClassifier:
         return self.text_features.shape[0]
 
     def similarities(self, image_features: torch.Tensor) -> torch.Tensor:
-        """Return cosine similarities N×K between the (re)normalised image features and the classes."""
-        if image_features.ndim != 2 or image_features.shape[1] != self.text_features.shape[1]:
+        """Return cosine similarities N×K between the (re)normalised image features (N×D) and the classes."""
+        dimension = self.text_features.shape[1]
+        if not isinstance(image_features, torch.Tensor):
+            raise TypeError(
+                f"Image features must be an N×{dimension} torch.Tensor, got {type(image_features).__name__}; "
+                "encode images with dsenergy.features.extract_features or ClipBundle.encode_image."
+            )
+        if image_features.ndim != 2:
+            message = (
+                f"Image features of shape {tuple(image_features.shape)} are not a 2-D tensor; expected N×{dimension}, "
+                "one row per image"
+            )
+            if image_features.ndim == 1:
+                message += ". For a single feature vector, add the batch dimension with features.unsqueeze(0)"
+            raise ValueError(message + ".")
+        if image_features.shape[1] != dimension:
             raise ValueError(
                 f"Image features of shape {tuple(image_features.shape)} do not match text features of dimension "
-                f"{self.text_features.shape[1]}; pass an N×{self.text_features.shape[1]} tensor from the same model."
+                f"{dimension}; pass an N×{dimension} tensor from the same model."
             )
         image_features = F.normalize(image_features.to(self.text_features.device, torch.float32), dim=-1)
         return image_features @ self.text_features.T
@@ -700,11 +755,13 @@ def build_zero_shot_classifier(
 ) -> ZeroShotClassifier:
     """Encode every class × template prompt once and average the normalised embeddings per class.
 
-    ``w_k = normalize(mean_t normalize(f(template_t(class_k))))``. Templates are format strings with
-    one ``{}`` or ``{c}`` placeholder for the class name, or callables taking the class name.
+    ``w_k = normalize(mean_t normalize(f(template_t(class_k))))``. ``class_names`` is a list or tuple
+    of strings. ``templates`` is a list or tuple of format strings with one ``{}`` or ``{c}``
+    placeholder for the class name, or of callables taking the class name. A bare string is
+    rejected for either, because iterating it would give one class or template per character.
     """
-    class_names = list(class_names)
-    templates = list(templates)
+    class_names = _as_name_list(class_names, "class_names", _CLASS_NAMES_EXAMPLE)
+    templates = _as_name_list(templates, "templates", _TEMPLATES_EXAMPLE, allow_callables=True)
     if not class_names:
         raise ValueError("class_names is empty; pass at least one class name.")
     if not templates:
@@ -726,6 +783,48 @@ def build_zero_shot_classifier(
         bundle.name, len(class_names), len(templates), text_features.shape[1],
     )
     return ZeroShotClassifier(text_features, bundle.logit_scale, class_names, templates)
+
+
+_CLASS_NAMES_EXAMPLE = "['t-shirt', 'trouser']"
+_TEMPLATES_EXAMPLE = "['a photo of a {}.']"
+
+
+def _as_name_list(values: Any, parameter: str, example: str, allow_callables: bool = False) -> list:
+    """Return ``values`` as a list after rejecting a bare string and entries of the wrong type."""
+    kind = "strings or callables" if allow_callables else "strings"
+    if isinstance(values, (str, bytes)):
+        raise TypeError(
+            f"{parameter} must be a sequence of {kind} such as {example}, got the string {values!r}; "
+            f"wrap a single entry in a list: [{values!r}]."
+        )
+    try:
+        items = list(values)
+    except TypeError:
+        raise TypeError(
+            f"{parameter} must be a sequence of {kind} such as {example}, got {type(values).__name__} {values!r}."
+        ) from None
+
+    for index, item in enumerate(items):
+        if isinstance(item, str) or (allow_callables and callable(item)):
+            continue
+        raise TypeError(
+            f"{parameter}[{index}] is {type(item).__name__} {item!r}; {parameter} must contain only {kind}, "
+            f"such as {example}."
+        )
+    return items
+
+
+def _describe_tensor(tensor: torch.Tensor) -> str:
+    """Describe a tensor by dtype, shape and device, as in ``float32[10, 128] cpu``."""
+    return f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)} {tensor.device}"
+
+
+def _abbreviate(values: Sequence[Any], max_items: int = 3) -> str:
+    """Return the reprs of the first ``max_items`` values and the count of the rest."""
+    head = ", ".join(repr(value) for value in values[:max_items])
+    if len(values) > max_items:
+        head += f", … {len(values) - max_items} more"
+    return f"[{head}]"
 
 
 def _check_template(template: Template) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
+from torchvision import transforms
 
 from dsenergy._paths import cache_dir
 from dsenergy.features import (
@@ -21,7 +22,7 @@ from dsenergy.features import (
     extract_features_and_labels,
     transform_fingerprint,
 )
-from dsenergy.models import load_clip, register_model_config
+from dsenergy.models import WeightsUnavailableError, load_clip, register_model_config
 
 TINY_MODEL_NAME = "dsenergy-test-tiny"
 TINY_MODEL_CONFIG = {
@@ -52,6 +53,28 @@ def bundle():
     if open_clip.get_model_config(TINY_MODEL_NAME) != TINY_MODEL_CONFIG:
         register_model_config(TINY_MODEL_NAME, TINY_MODEL_CONFIG)
     return load_clip(TINY_MODEL_NAME, seed=0)
+
+
+@pytest.fixture(scope="module")
+def demo_bundle():
+    demo = pytest.importorskip("dsenergy.demo", reason="dsenergy.demo is not available")
+    try:
+        return load_clip(demo.DEMO_MODEL_NAME)
+    except (WeightsUnavailableError, FileNotFoundError) as error:
+        pytest.skip(f"the demo model cannot be loaded: {error}")
+
+
+class TensorItems(Dataset):
+    """Dataset of (image tensor, label) items, like a dataset that applies its own transform."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], 0
 
 
 def _bare_features(bundle, images: torch.Tensor) -> torch.Tensor:
@@ -145,6 +168,96 @@ def test_extract_rejects_bad_inputs(bundle):
         extract_features("ViT-B-32", torch.randn(1, 3, 32, 32), progress=False)
 
 
+def test_extract_rejects_uint8_tensor(demo_bundle):
+    pixels = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
+
+    with pytest.raises(TypeError) as raised:
+        extract_features(demo_bundle, pixels, progress=False)
+
+    message = str(raised.value)
+    assert "torch.uint8" in message
+    assert "N×3×28×28" in message
+    assert "PIL images" in message
+    assert "bundle.preprocess_val" in message
+
+
+def test_extract_rejects_uint8_tensor_dataset(demo_bundle):
+    pixels = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
+
+    with pytest.raises(TypeError, match="torch.uint8"):
+        extract_features(demo_bundle, TensorDataset(pixels, torch.tensor([0, 1])), progress=False)
+
+
+def test_extract_rejects_uint8_from_transform(demo_bundle):
+    to_uint8 = transforms.Compose([transforms.Resize(28), transforms.CenterCrop(28), transforms.PILToTensor()])
+
+    with pytest.raises(TypeError) as raised:
+        extract_features(demo_bundle, PilDataset(count=2), transform=to_uint8, progress=False)
+
+    message = str(raised.value)
+    assert "item 0 of dtype torch.uint8" in message
+    assert "3×28×28" in message
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (2, 1, 28, 28), (2, 28, 28, 3), (2, 3, 28)])
+def test_extract_rejects_wrong_tensor_shape(demo_bundle, shape):
+    with pytest.raises(ValueError) as raised:
+        extract_features(demo_bundle, torch.randn(shape), progress=False)
+
+    message = str(raised.value)
+    assert "Expected N×3×28×28 preprocessed images" in message
+    assert f"shape {shape}" in message
+
+
+def test_extract_single_image_suggests_unsqueeze(demo_bundle):
+    with pytest.raises(ValueError) as raised:
+        extract_features(demo_bundle, torch.randn(3, 28, 28), progress=False)
+
+    assert "images.unsqueeze(0)" in str(raised.value)
+
+
+def test_extract_rejects_wrong_item_shape(demo_bundle):
+    with pytest.raises(ValueError) as raised:
+        extract_features(demo_bundle, TensorItems(torch.randn(2, 1, 28, 28)), progress=False)
+
+    message = str(raised.value)
+    assert "Expected a 3×28×28 preprocessed image" in message
+    assert "item 0 of shape (1, 28, 28)" in message
+
+
+def test_extract_rejects_list_of_ints(demo_bundle):
+    with pytest.raises(TypeError) as raised:
+        extract_features(demo_bundle, [1, 2, 3], progress=False)
+
+    message = str(raised.value)
+    assert "Item 0 has type int" in message
+    assert "PIL images or preprocessed float tensors 3×28×28" in message
+
+
+def test_extract_rejects_non_dataset(demo_bundle):
+    with pytest.raises(TypeError, match="Cannot encode images from int 5"):
+        extract_features(demo_bundle, 5, progress=False)
+
+
+def test_extract_accepts_list_of_pil_images(demo_bundle):
+    dataset = PilDataset(count=3)
+    images = [dataset[index][0] for index in range(3)]
+
+    from_list = extract_features(demo_bundle, images, progress=False)
+    from_dataset = extract_features(demo_bundle, dataset, progress=False)
+
+    torch.testing.assert_close(from_list, from_dataset, atol=0, rtol=0)
+
+
+def test_extract_accepts_preprocessed_tensor(demo_bundle):
+    dataset = PilDataset(count=3)
+    preprocessed = torch.stack([demo_bundle.preprocess_val(dataset[index][0]) for index in range(3)])
+
+    from_tensor = extract_features(demo_bundle, preprocessed, progress=False)
+
+    torch.testing.assert_close(from_tensor, extract_features(demo_bundle, dataset, progress=False), atol=1e-6, rtol=0)
+
+
 def test_extract_amp_on_cpu_is_ignored_with_warning(bundle, caplog):
     images = torch.randn(2, 3, 32, 32)
     with caplog.at_level(logging.WARNING, logger="dsenergy.features"):
@@ -214,6 +327,39 @@ def test_cache_truncated_file_is_rebuilt(bundle, caplog):
     original.path.write_bytes(content[: len(content) // 2])
 
     _assert_rebuilt(bundle, dataset, caplog, "unreadable")
+
+
+def test_cache_corrupt_file_warning(bundle, caplog):
+    dataset = PilDataset(count=6)
+    original = cached_feature_set(bundle, dataset, "pil/test", progress=False)
+    # Bytes that are not a zip archive make torch.load fall back to unpickling, which fails with
+    # an UnpicklingError whose text advises weights_only=False.
+    original.path.write_bytes(bytes(range(256)) * 4)
+
+    with caplog.at_level(logging.WARNING, logger="dsenergy.features"):
+        rebuilt = cached_feature_set(bundle, dataset, "pil/test", progress=False)
+
+    assert not rebuilt.cache_hit
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(original.path) in warnings[0]
+    assert "corrupt or unreadable" in warnings[0]
+    assert "UnpicklingError" in warnings[0]
+    assert "rebuilding it" in warnings[0]
+    assert "weights_only" not in warnings[0]
+
+
+def test_feature_set_repr_is_compact(bundle):
+    feature_set = cached_feature_set(bundle, PilDataset(count=6), "pil/test", progress=False)
+
+    text = repr(feature_set)
+
+    assert "features=float32[6, 32]" in text
+    assert "labels=int64[6]" in text
+    assert f"key='{feature_set.key[:12]}…'" in text
+    assert str(feature_set.path) in text
+    assert "cache_hit=False" in text
+    assert "tensor(" not in text
 
 
 def test_cache_flipped_feature_bytes_are_rebuilt(bundle, caplog):

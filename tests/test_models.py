@@ -19,6 +19,7 @@ from dsenergy.models import (
     build_zero_shot_classifier,
     load_clip,
     register_model_config,
+    weights_problem,
 )
 
 TINY_MODEL_NAME = "dsenergy-test-tiny"
@@ -181,6 +182,35 @@ def test_unknown_model_name():
     assert "'openai'" in str(raised.value)
 
 
+@pytest.mark.parametrize("name", ["dsenergy_demo", "DSEnergy-Demo"])
+def test_unknown_model_suggests_demo(monkeypatch, name):
+    demo = pytest.importorskip("dsenergy.demo", reason="dsenergy.demo is not available")
+    # In a fresh process the demo config is not registered until the demo model is loaded.
+    monkeypatch.delitem(open_clip.factory._MODEL_CONFIGS, demo.DEMO_MODEL_NAME, raising=False)
+
+    with pytest.raises(WeightsUnavailableError) as raised:
+        load_clip(name)
+
+    assert f"Close names: {demo.DEMO_MODEL_NAME}" in str(raised.value)
+
+
+def test_unknown_model_suggests_case_variant():
+    with pytest.raises(WeightsUnavailableError) as raised:
+        load_clip("vit_b_32")
+
+    assert "Close names: ViT-B-32," in str(raised.value)
+
+
+def test_weights_problem_suggests_demo(monkeypatch):
+    demo = pytest.importorskip("dsenergy.demo", reason="dsenergy.demo is not available")
+    monkeypatch.delitem(open_clip.factory._MODEL_CONFIGS, demo.DEMO_MODEL_NAME, raising=False)
+
+    parameter, message = weights_problem("dsenergy_demo", None)
+
+    assert parameter == "model"
+    assert f"close names: {demo.DEMO_MODEL_NAME}" in message
+
+
 def test_unknown_tag_lists_known_tags():
     with pytest.raises(WeightsUnavailableError) as raised:
         load_clip("ViT-B-32", pretrained="no_such_tag")
@@ -337,6 +367,72 @@ def test_zero_shot_rejects_empty_inputs():
         build_zero_shot_classifier(bundle, [], TEMPLATES)
     with pytest.raises(ValueError, match="templates"):
         build_zero_shot_classifier(bundle, CLASS_NAMES, [])
+
+
+@pytest.mark.parametrize("argument", ["class_names", "templates"])
+def test_zero_shot_rejects_bare_string(argument):
+    bundle = load_clip(TINY_MODEL_NAME)
+    arguments = {"class_names": CLASS_NAMES, "templates": TEMPLATES}
+    arguments[argument] = "cat {}"
+
+    with pytest.raises(TypeError) as raised:
+        build_zero_shot_classifier(bundle, **arguments)
+
+    message = str(raised.value)
+    assert f"{argument} must be a sequence of strings" in message
+    assert "got the string 'cat {}'" in message
+    assert "['cat {}']" in message
+
+
+def test_zero_shot_rejects_non_string_class():
+    bundle = load_clip(TINY_MODEL_NAME)
+
+    with pytest.raises(TypeError) as raised:
+        build_zero_shot_classifier(bundle, ["cat", 3], TEMPLATES)
+
+    assert "class_names[1] is int 3" in str(raised.value)
+
+
+def test_zero_shot_accepts_tuples():
+    bundle = load_clip(TINY_MODEL_NAME)
+
+    classifier = build_zero_shot_classifier(bundle, tuple(CLASS_NAMES), tuple(TEMPLATES))
+
+    assert classifier.class_names == CLASS_NAMES
+    assert classifier.templates == TEMPLATES
+
+
+def test_classifier_rejects_bare_string():
+    with pytest.raises(TypeError, match="got the string 'cat'"):
+        ZeroShotClassifier(F.normalize(torch.randn(3, 8), dim=-1), 100.0, "cat", TEMPLATES)
+
+
+def test_classifier_rejects_row_count_mismatch():
+    with pytest.raises(ValueError, match=r"does not fit 3 class names"):
+        ZeroShotClassifier(F.normalize(torch.randn(2, 8), dim=-1), 100.0, CLASS_NAMES, TEMPLATES)
+
+
+def test_classifier_repr_is_compact():
+    classifier = ZeroShotClassifier(F.normalize(torch.randn(3, 8), dim=-1), 100.0, CLASS_NAMES, TEMPLATES)
+
+    text = repr(classifier)
+
+    assert "text_features=float32[3, 8] cpu" in text
+    assert "class_names=['t-shirt', 'trouser', 'sandal']" in text
+    assert "tensor(" not in text
+
+
+def test_similarities_reject_one_dimensional_input():
+    classifier = ZeroShotClassifier(F.normalize(torch.randn(3, 8), dim=-1), 100.0, CLASS_NAMES, TEMPLATES)
+
+    with pytest.raises(ValueError) as raised:
+        classifier.similarities(torch.randn(8))
+
+    message = str(raised.value)
+    assert "not a 2-D tensor" in message
+    assert "N×8" in message
+    assert "unsqueeze(0)" in message
+    assert "do not match" not in message
 
 
 def test_similarities_reject_wrong_dimension():
