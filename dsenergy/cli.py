@@ -15,6 +15,23 @@ __all__ = ["build_parser", "main"]
 logger = logging.getLogger(__name__)
 
 
+#: Parameters that `dsenergy run` sets from one of its options rather than from -p.
+_SET_BY_RUN_OPTION = {"output_dir": "--out"}
+
+
+def _positive_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, got {text!r}") from None
+    if value <= 0:
+        # papermill and nbclient treat 0 and negative timeouts as no limit, which a typo should not select.
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, got {value}; leave out --cell-timeout for no limit"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``dsenergy`` command."""
     parser = argparse.ArgumentParser(
@@ -45,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel", metavar="NAME", help="Jupyter kernel name (default: this Python's python3)")
     run.add_argument("--no-html", action="store_true", help="skip the HTML exports")
     run.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after a failure")
-    run.add_argument("--cell-timeout", type=int, metavar="SECONDS", help="time limit per cell in seconds")
+    run.add_argument("--cell-timeout", type=_positive_seconds, metavar="SECONDS",
+                     help="time limit per cell in seconds, a positive integer (default: no limit)")
     run.add_argument("--no-progress", action="store_true", help="hide the per-cell progress bar")
 
     params = commands.add_parser("params", help="list the notebook parameters with defaults and smoke values")
@@ -95,18 +113,26 @@ def _command_params(args: argparse.Namespace) -> int:
 
     if args.notebook:
         try:
-            (notebook,) = resolve_notebooks(args.notebook)
-        except (ParameterError, ValueError) as error:
+            selected = resolve_notebooks(args.notebook, option="--notebook")
+        except ParameterError as error:
             logger.error("%s", error)
             return 2
-        parameters = notebook_parameters(notebook)
+        if len(selected) > 1:
+            logger.error("--notebook takes one notebook, got %r; run `dsenergy params` once per notebook, "
+                         "or without --notebook for all parameters", args.notebook)
+            return 2
+        parameters = notebook_parameters(selected[0])
     else:
         parameters = list(SCHEMA.values())
 
     for parameter in parameters:
         smoke = f", smoke {parameter.smoke!r}" if parameter.has_smoke else ""
         used_by = ",".join(name.split("_", 1)[0] for name in parameter.notebooks)
-        sys.stdout.write(f"{parameter.name} ({parameter.kind}, default {parameter.default!r}{smoke}; "
+        default = f"default {parameter.default!r}"
+        if parameter.name in _SET_BY_RUN_OPTION:
+            default = (f"set by `dsenergy run {_SET_BY_RUN_OPTION[parameter.name]}`, not -p; "
+                       f"{default} when a notebook runs by hand")
+        sys.stdout.write(f"{parameter.name} ({parameter.kind}, {default}{smoke}; "
                          f"notebooks {used_by})\n    {parameter.help}\n")
     return 0
 

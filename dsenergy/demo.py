@@ -734,8 +734,11 @@ def _mean_std(bundle: Any) -> dict[str, Sequence[float]]:
     return {"mean": config["mean"], "std": config["std"]}
 
 
-def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path: str | Path) -> None:
-    """Write ``MODEL_CARD.md`` from a training record and the output of :func:`evaluate_demo_model`."""
+def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path: str | Path) -> bool:
+    """Write ``MODEL_CARD.md`` from a training record and the output of :func:`evaluate_demo_model`.
+
+    Returns whether the file was written: a file that already has this content is left untouched.
+    """
     from dsenergy.data.fashion_mnist import FASHION_MNIST_CLASSES
     from dsenergy.data.fashion_open import FASHION_NEAR_OOD_CLASSES
 
@@ -871,7 +874,90 @@ def write_model_card(training: dict[str, Any], evaluation: dict[str, Any], path:
         "- 28 × 28 grayscale input only; photographs or colour images are far outside what it has seen.",
         "",
     ]
-    Path(path).write_text("\n".join(lines), encoding="utf-8")
+    return _write_if_changed(Path(path), "\n".join(lines))
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` unless the file already contains exactly that text. Return whether it wrote."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
+#: Fields of an evaluation record that measure time, so they differ between runs of the same weights.
+_TIMING_FIELDS = ("load_seconds",)
+
+#: Relative tolerance for numbers of two evaluations, about 8 float32 rounding steps. A rerun of the
+#: committed checkpoint (torch 2.14.1, CPU, 2 threads) gave a smallest template cosine 6e-8 away from
+#: the committed record, and such float32 rounding must not count as a change.
+_EVALUATION_RELATIVE_TOLERANCE = 1e-6
+
+
+def _same_values(stored: Any, new: Any) -> bool:
+    """Compare two JSON values for equality, floats to :data:`_EVALUATION_RELATIVE_TOLERANCE`."""
+    if isinstance(stored, dict) and isinstance(new, dict):
+        return stored.keys() == new.keys() and all(_same_values(stored[key], new[key]) for key in stored)
+    if isinstance(stored, list) and isinstance(new, list):
+        return len(stored) == len(new) and all(_same_values(a, b) for a, b in zip(stored, new))
+    numbers = all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (stored, new))
+    if numbers and (isinstance(stored, float) or isinstance(new, float)):
+        return math.isclose(stored, new, rel_tol=_EVALUATION_RELATIVE_TOLERANCE, abs_tol=1e-12)
+    return type(stored) is type(new) and stored == new
+
+
+def _same_evaluation(stored: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Compare two evaluation records in every field except the timing fields."""
+    def without_timing(record: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in record.items() if key not in _TIMING_FIELDS}
+
+    return _same_values(without_timing(stored), without_timing(new))
+
+
+def _read_stored_evaluation(path: Path) -> dict[str, Any] | None:
+    """Return the evaluation record at ``path``, or ``None`` when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        logger.warning("Replacing the evaluation record %s, which could not be read: %s", path, error)
+        return None
+    if not isinstance(stored, dict):
+        logger.warning("Replacing the evaluation record %s, which contains a %s instead of a JSON object",
+                       path, type(stored).__name__)
+        return None
+    return stored
+
+
+def _store_evaluation(checkpoint: Path, results: dict[str, Any], card: str | Path | None) -> dict[str, Any]:
+    """Write the evaluation record beside ``checkpoint`` and, if ``card`` is given, the model card.
+
+    A stored record that differs from ``results`` only in timing fields is kept byte for byte, so a
+    rerun leaves the committed files unmodified. The card is then written from the stored record.
+    Returns the record that the files now contain.
+    """
+    record_path = checkpoint.with_name(checkpoint.stem + ".evaluation.json")
+    stored = _read_stored_evaluation(record_path)
+    if stored is not None and _same_evaluation(stored, results):
+        logger.info("Left %s unchanged: the new evaluation differs from it only in timing "
+                    "(load_seconds %.2f now, %.2f stored)", record_path, results["load_seconds"],
+                    stored.get("load_seconds", math.nan))
+        results = stored
+    else:
+        record_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        logger.info("Wrote %s", record_path)
+
+    if card:
+        training_path = checkpoint.with_name(checkpoint.stem + ".training.json")
+        if not training_path.is_file():
+            raise FileNotFoundError(f"training record {training_path} not found; it is written by `python -m dsenergy.demo train`")
+        training = json.loads(training_path.read_text(encoding="utf-8"))
+        if write_model_card(training, results, card):
+            logger.info("Wrote %s", card)
+        else:
+            logger.info("Left %s unchanged: the model card has the same content", card)
+    return results
 
 
 def _run_evaluation(args: argparse.Namespace) -> None:
@@ -883,22 +969,12 @@ def _run_evaluation(args: argparse.Namespace) -> None:
             f"checkpoint {checkpoint} not found; pass --checkpoint PATH to a file written by `python -m dsenergy.demo train`"
         )
     results = evaluate_demo_model(checkpoint)
-    record_path = checkpoint.with_name(checkpoint.stem + ".evaluation.json")
-    record_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for split, numbers in results["ood"].items():
         logger.info(
             "%s (%d images): AUROC %s", split, numbers["images"],
             ", ".join(f"{name} {metrics['auroc']:.4f}" for name, metrics in numbers.items() if name != "images"),
         )
-    logger.info("Wrote %s", record_path)
-
-    if args.card:
-        training_path = checkpoint.with_name(checkpoint.stem + ".training.json")
-        if not training_path.is_file():
-            raise FileNotFoundError(f"training record {training_path} not found; it is written by `python -m dsenergy.demo train`")
-        training = json.loads(training_path.read_text(encoding="utf-8"))
-        write_model_card(training, results, args.card)
-        logger.info("Wrote %s", args.card)
+    _store_evaluation(checkpoint, results, args.card)
 
 
 class _UsageError(Exception):
@@ -909,7 +985,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults in the help, except where there is none to show (None or an off switch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):
+        # Identity checks, because 0 == False would hide a default of 0.
+        if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 

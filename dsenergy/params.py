@@ -182,7 +182,8 @@ _PARAMETERS: tuple[Parameter, ...] = (
     Parameter("n_per_split", "int", 1000, "images drawn from each test split (ID, each OOD and covariate split)",
               smoke=200, check=_positive),
     # Scores.
-    Parameter("temperature", "float", None, "τ for energy-type scores; None uses the model's own 1/logit_scale",
+    Parameter("temperature", "float", None, "τ that replaces the model's own 1/logit_scale in every score and "
+              "loss that uses it, while MCM keeps its τ of 1; None uses the model's",
               nullable=True, check=_positive),
     Parameter("top_c", "int", 1, "number c of largest similarities that ΔEnergy crops", check=_positive),
     Parameter("crop_value", "float", 0.0, "value a the cropped similarities are set to"),
@@ -217,8 +218,8 @@ _PARAMETERS: tuple[Parameter, ...] = (
               notebooks=("03_hessian_consistency",), smoke=2, check=_positive),
     Parameter("hessian_iterations", "int", 50, "power-iteration / Lanczos steps per eigenvalue",
               notebooks=("03_hessian_consistency",), smoke=6, check=_positive),
-    Parameter("hutchinson_samples", "int", 50, "random probes for the Hutchinson trace estimate",
-              notebooks=("03_hessian_consistency",), smoke=6, check=_positive),
+    Parameter("hutchinson_samples", "int", 50, "random probes for the Hutchinson estimates of traces and Hessian "
+              "consistency", notebooks=("03_hessian_consistency", "05_evaluation"), smoke=6, check=_positive),
     # Evaluation.
     Parameter("seeds", "list[int]", [1, 2, 3], "seeds for the repeated runs of the final table",
               notebooks=("05_evaluation",), smoke=[1, 2], check=_all(_non_empty, _non_negative)),
@@ -261,8 +262,11 @@ def parse_cli_value(text: str) -> Any:
         raise ParameterError(f"value {text!r} is not valid YAML: {error}") from error
 
 
-def resolve_notebooks(only: str | Iterable[str] | None) -> list[str]:
-    """Return the notebooks selected by ``only`` ('01,03', names or stems); all when ``None``."""
+def resolve_notebooks(only: str | Iterable[str] | None, option: str = "--only") -> list[str]:
+    """Return the notebooks selected by ``only`` ('01,03', names or stems); all when ``None``.
+
+    ``option`` is the command-line option that ``only`` came from; error messages name it.
+    """
     if only is None:
         return list(NOTEBOOKS)
     items = only.split(",") if isinstance(only, str) else list(only)
@@ -273,12 +277,12 @@ def resolve_notebooks(only: str | Iterable[str] | None) -> list[str]:
         stem = item[:-6] if item.endswith(".ipynb") else item
         matches = [name for name in NOTEBOOKS if name == stem or name.split("_", 1)[0] == stem.zfill(2)]
         if not matches:
-            raise ParameterError(f"--only names unknown notebook {item!r}; use numbers such as 01,03 or names from "
+            raise ParameterError(f"{option} names unknown notebook {item!r}; use numbers such as 01,03 or names from "
                                  f"{list(NOTEBOOKS)}")
         if matches[0] not in selected:
             selected.append(matches[0])
     if not selected:
-        raise ParameterError("--only selects no notebook; use numbers such as 01,03")
+        raise ParameterError(f"{option} selects no notebook; use numbers such as 01,03")
     return [name for name in NOTEBOOKS if name in selected]
 
 
@@ -323,10 +327,30 @@ def _convert(parameter: Parameter, value: Any) -> Any:
     if kind.startswith("list["):
         item_kind = kind[5:-1]
         if not isinstance(value, (list, tuple)):
-            raise fail(f"a list of {item_kind}")
+            raise ParameterError(
+                f"parameter {name!r} must be a list of {item_kind}, got {value!r} ({type(value).__name__}); "
+                f"{_list_hint(name, value)}; {parameter.help}"
+            )
         item = Parameter(name, item_kind, None, parameter.help)
         return [_convert(item, entry) for entry in value]
     raise AssertionError(f"schema error: parameter {name!r} has unknown kind {kind!r}")
+
+
+def _list_hint(name: str, value: Any) -> str:
+    """Return advice to write ``value`` as a YAML list, for a parameter that expects a list.
+
+    A single value is not taken as a one-element list, because for ``seeds`` or ``top_c_values`` a
+    bare number could as well mean a count. A comma-separated string is split into its items.
+    """
+    items: list[Any] = []
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    if not items:
+        return "write it as a YAML list such as [a, b]"
+    example = yaml.safe_dump(items, default_flow_style=True, width=math.inf).strip()
+    return f"write it as a YAML list: {example} in a parameters file, -p {name} \"{example}\" on the command line"
 
 
 def validate(

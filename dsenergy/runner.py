@@ -88,6 +88,8 @@ class RunResult:
     started: str = ""
     duration_s: float = 0.0
     kernel_name: str = ""
+    #: Notebook files in ``out_dir`` that an earlier run wrote and this run has not replaced.
+    earlier_files: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -238,6 +240,49 @@ def _read_records(out_dir: Path, name: str) -> dict[str, Any]:
     return load_records(path)["records"]
 
 
+_NOTEBOOK_FILE_SUFFIXES = (".ipynb", ".html", ".json")
+
+
+def _earlier_files(out_dir: Path, written: Mapping[str, Iterable[str]]) -> list[Path]:
+    """Return the files of sequence notebooks in ``out_dir`` that this run does not write.
+
+    ``written`` maps each notebook of this run to the suffixes of the files it writes: the executed
+    notebook, the records file and, unless HTML export is off or failed, the HTML export.
+    """
+    files = []
+    for name in NOTEBOOKS:
+        skipped_suffixes = [suffix for suffix in _NOTEBOOK_FILE_SUFFIXES if suffix not in written.get(name, ())]
+        for suffix in skipped_suffixes:
+            path = out_dir / f"{name}{suffix}"
+            if path.is_file():
+                files.append(path)
+    return files
+
+
+def _files_written(run: RunResult) -> dict[str, list[str]]:
+    """Return notebook -> suffixes of the files that ``run`` has written so far."""
+    written = {}
+    for result in run.notebooks:
+        if result.status == "skipped":
+            continue
+        written[result.name] = [".ipynb", ".json"] + ([".html"] if result.html is not None else [])
+    return written
+
+
+def _warn_about_earlier_files(out_dir: Path, selected: list[str], html: bool) -> None:
+    """Log the notebook files of an earlier run in ``out_dir`` that this run will leave as they are."""
+    suffixes = [".ipynb", ".json"] + ([".html"] if html else [])
+    earlier = _earlier_files(out_dir, {name: suffixes for name in selected})
+    if not earlier:
+        return
+    logger.warning(
+        "output folder %s contains files of an earlier run that this run does not replace: %s. "
+        "results.md and results.json will cover only %s and list those files as left from the earlier run, "
+        "whose parameters may differ; choose a new output folder (--out) to keep runs apart",
+        out_dir, ", ".join(path.name for path in earlier), ", ".join(selected),
+    )
+
+
 def _run_one(
     name: str, source: Path, out_dir: Path, parameters: Mapping[str, Any], kernel_name: str,
     progress: bool, html: bool, cell_timeout: int | None,
@@ -337,11 +382,20 @@ def run_notebooks(
     Parameters are applied in the order: each notebook's own defaults, the ``--smoke`` values when
     ``smoke``, then ``parameters``; ``output_dir`` is always ``out_dir``.
 
+    Files of notebooks that this run does not write (other notebooks of the sequence, or HTML
+    exports when ``html`` is off) stay in ``out_dir``. The run logs a warning that names them, and
+    the results files list them as left from an earlier run.
+
     Raises:
         ParameterError: before any notebook runs, naming the bad parameter (also when ``parameters``
             sets ``output_dir``; ``out_dir`` sets it).
+        ValueError: before any notebook runs, when ``cell_timeout`` is not a positive integer.
         NotebookExecutionError: after the results files are written, when a notebook failed.
     """
+    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int)
+                                     or cell_timeout <= 0):
+        # papermill and nbclient take 0 and negative timeouts as no limit, so only None asks for that.
+        raise ValueError(f"cell_timeout must be a positive number of seconds or None for no limit, got {cell_timeout!r}")
     selected = resolve_notebooks(only)
     out_dir = Path(out_dir).expanduser().resolve()
     merged = _merge_parameters(parameters, smoke, selected, out_dir)
@@ -353,6 +407,7 @@ def run_notebooks(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is an existing file; choose a folder path (it is created if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    _warn_about_earlier_files(out_dir, selected, html)
     kernel = find_kernel(kernel_name, spec_dir=out_dir / ".jupyter")
     run = RunResult(
         out_dir=out_dir, parameters=merged, smoke=smoke, kernel_name=kernel,
@@ -451,6 +506,9 @@ def _results_markdown(run: RunResult) -> str:
     ]
     for result in run.notebooks:
         lines.append(f"| {result.name} | {result.status} | {result.duration_s:.0f} | {len(result.records)} |")
+    if run.earlier_files:
+        names = ", ".join(f"`{path.name}`" for path in run.earlier_files)
+        lines += ["", f"Left from an earlier run, whose parameters may differ, and not part of these results: {names}."]
 
     for result in run.notebooks:
         lines += ["", f"## {result.name}", ""]
@@ -477,7 +535,11 @@ def _results_markdown(run: RunResult) -> str:
 
 
 def write_results(run: RunResult) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``results.md`` for ``run`` into its output folder."""
+    """Write ``results.json`` and ``results.md`` for ``run`` into its output folder.
+
+    Also sets ``run.earlier_files`` to the notebook files in the folder that ``run`` has not written.
+    """
+    run.earlier_files = _earlier_files(run.out_dir, _files_written(run))
     payload = {
         "dsenergy_version": __version__,
         "python": sys.version.split()[0],
@@ -500,6 +562,7 @@ def write_results(run: RunResult) -> tuple[Path, Path]:
             for result in run.notebooks
         },
         "sequence": list(NOTEBOOKS),
+        "earlier_run_files": [path.name for path in run.earlier_files],
     }
     json_path = run.out_dir / "results.json"
     markdown_path = run.out_dir / "results.md"

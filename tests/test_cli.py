@@ -92,3 +92,41 @@ def test_params_into_closed_pipe():
     assert completed.returncode == 0
     assert completed.stdout.startswith("model ")
     assert "Traceback" not in completed.stderr
+
+
+def test_params_unknown_notebook_names_option(caplog):
+    assert main(["params", "--notebook", "9"]) == 2
+    assert "--notebook names unknown notebook '9'" in caplog.text
+    assert "--only" not in caplog.text
+
+
+def test_params_takes_one_notebook(caplog):
+    assert main(["params", "--notebook", "01,02"]) == 2
+    assert "--notebook takes one notebook, got '01,02'" in caplog.text
+
+
+def test_params_marks_output_dir(capsys):
+    assert main(["params"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("output_dir "))
+    assert "set by `dsenergy run --out`, not -p" in line
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "must be a positive number of seconds, got 0"),
+    ("-3", "must be a positive number of seconds, got -3"),
+    ("1.5", "must be a whole number of seconds, got '1.5'"),
+])
+def test_cell_timeout_rejects_bad_value(tmp_path, capsys, value, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as raised:
+        main(["run", "--cell-timeout", value, "--out", str(out)])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_list_parameter_as_bare_string(tmp_path, caplog):
+    out = tmp_path / "run"
+    assert main(["run", "-p", "ood_splits", "ood_near", "--out", str(out)]) == 2
+    assert '-p ood_splits "[ood_near]"' in caplog.text
+    assert not out.exists()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -366,3 +368,130 @@ def test_evaluate_reports_model_card_numbers():
     for split, numbers in results["ood"].items():
         for name in ("MSP", "Energy", "ΔEnergy (c=1, a=0)"):
             assert numbers[name]["auroc"] == pytest.approx(recorded["ood"][split][name]["auroc"], abs=1e-6), (split, name)
+
+
+def test_help_shows_zero_default(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")  # one help entry per line
+
+    with pytest.raises(SystemExit) as raised:
+        demo.main(["train", "--help"])
+
+    assert raised.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    seed_line = next(line for line in lines if line.lstrip().startswith("--seed"))
+    assert seed_line.endswith("(default: 0)")
+    assert not any("(default: None)" in line for line in lines)
+    assert not any("(default: False)" in line for line in lines)
+
+
+def test_same_evaluation_ignores_timing():
+    stored = _committed_record("evaluation")
+    rerun = json.loads(json.dumps(stored))
+    rerun["load_seconds"] = stored["load_seconds"] + 3.0
+    rerun["template_cosine"]["min"] += 6e-8  # float32 rounding, as between the committed record and a rerun
+
+    assert demo._same_evaluation(stored, rerun)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id_test_accuracy", 0.9),
+        ("id_test_images", 2999),
+        ("weights_id", "sha256:other"),
+        ("positive", "ood"),
+    ],
+)
+def test_same_evaluation_detects_change(field, value):
+    stored = _committed_record("evaluation")
+
+    assert not demo._same_evaluation(stored, {**stored, field: value})
+
+
+def test_same_evaluation_detects_nested_change():
+    stored = _committed_record("evaluation")
+    changed = json.loads(json.dumps(stored))
+    changed["ood"]["ood_near"]["MSP"]["auroc"] += 1e-4
+    missing_split = json.loads(json.dumps(stored))
+    del missing_split["ood"]["ood_clipart"]
+
+    assert not demo._same_evaluation(stored, changed)
+    assert not demo._same_evaluation(stored, missing_split)
+
+
+def _copy_committed_files(folder: Path) -> Path:
+    """Copy the committed checkpoint and its training record into ``folder`` and return the checkpoint copy."""
+    import shutil
+
+    checkpoint = folder / demo_checkpoint_path().name
+    shutil.copyfile(demo_checkpoint_path(), checkpoint)
+    training = demo_checkpoint_path().with_name(f"{DEMO_MODEL_NAME}.training.json")
+    shutil.copyfile(training, folder / training.name)
+    return checkpoint
+
+
+def _set_old_mtime(*paths) -> None:
+    for path in paths:
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+
+
+def test_store_evaluation_keeps_timing_only_change(tmp_path):
+    checkpoint = _copy_committed_files(tmp_path)
+    record, card = tmp_path / f"{DEMO_MODEL_NAME}.evaluation.json", tmp_path / "MODEL_CARD.md"
+    committed = _committed_record("evaluation")
+    demo._store_evaluation(checkpoint, committed, card)
+    record_bytes, card_bytes = record.read_bytes(), card.read_bytes()
+    _set_old_mtime(record, card)
+
+    stored = demo._store_evaluation(checkpoint, {**committed, "load_seconds": 9.99}, card)
+
+    assert stored["load_seconds"] == committed["load_seconds"]
+    assert record.read_bytes() == record_bytes
+    assert card.read_bytes() == card_bytes
+    assert record.stat().st_mtime_ns == 1_000_000_000
+    assert card.stat().st_mtime_ns == 1_000_000_000
+
+
+def test_store_evaluation_writes_changed_numbers(tmp_path):
+    checkpoint = _copy_committed_files(tmp_path)
+    record, card = tmp_path / f"{DEMO_MODEL_NAME}.evaluation.json", tmp_path / "MODEL_CARD.md"
+    committed = _committed_record("evaluation")
+    demo._store_evaluation(checkpoint, committed, card)
+
+    demo._store_evaluation(checkpoint, {**committed, "id_test_accuracy": 0.5}, card)
+
+    assert json.loads(record.read_text(encoding="utf-8"))["id_test_accuracy"] == 0.5
+    assert "**0.5000**" in card.read_text(encoding="utf-8")
+
+
+def test_store_evaluation_replaces_unreadable_record(tmp_path, caplog):
+    checkpoint = _copy_committed_files(tmp_path)
+    record = tmp_path / f"{DEMO_MODEL_NAME}.evaluation.json"
+    record.write_text("{not json", encoding="utf-8")
+    committed = _committed_record("evaluation")
+
+    demo._store_evaluation(checkpoint, committed, None)
+
+    assert json.loads(record.read_text(encoding="utf-8")) == committed
+    assert "could not be read" in caplog.text
+
+
+@pytest.mark.slow
+def test_evaluate_command_leaves_committed_copies_unchanged(tmp_path):
+    # The copied record and card come from the same weights, so a rerun changes only load_seconds.
+    import shutil
+
+    checkpoint = _copy_committed_files(tmp_path)
+    record = tmp_path / f"{DEMO_MODEL_NAME}.evaluation.json"
+    card = tmp_path / "MODEL_CARD.md"
+    shutil.copyfile(demo_checkpoint_path().with_name(record.name), record)
+    shutil.copyfile(demo_checkpoint_path().with_name("MODEL_CARD.md"), card)
+    record_bytes, card_bytes = record.read_bytes(), card.read_bytes()
+    _set_old_mtime(record, card)
+
+    demo.main(["evaluate", "--checkpoint", str(checkpoint), "--card", str(card)])
+
+    assert record.read_bytes() == record_bytes
+    assert card.read_bytes() == card_bytes
+    assert record.stat().st_mtime_ns == 1_000_000_000
+    assert card.stat().st_mtime_ns == 1_000_000_000

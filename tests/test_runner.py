@@ -117,6 +117,50 @@ def test_failure_names_notebook_and_cell(tmp_path):
     assert "Failed in cell 5 of 01_energy_change.ipynb" in (out / "results.md").read_text(encoding="utf-8")
 
 
+def test_earlier_run_files_are_named(tmp_path, caplog):
+    source = tmp_path / "notebooks"
+    source.mkdir()
+    write_notebook(source, "01_energy_change")
+    write_notebook(source, "02_delta_energy_detection")
+    out = tmp_path / "run"
+    run_notebooks(only="01,02", out_dir=out, source_dir=source, progress=False)
+    caplog.clear()
+
+    result = run_notebooks(only="01", out_dir=out, source_dir=source, progress=False, html=False)
+
+    # Notebook 02's files and 01's HTML export (HTML is off now) are left from the first run.
+    earlier = ["01_energy_change.html", "02_delta_energy_detection.ipynb", "02_delta_energy_detection.html",
+               "02_delta_energy_detection.json"]
+    assert [path.name for path in result.earlier_files] == earlier
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelname == "WARNING" and "earlier run" in record.getMessage()]
+    assert len(warnings) == 1
+    for name in earlier:
+        assert name in warnings[0]
+    assert "01_energy_change.json" not in warnings[0]
+    payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert payload["earlier_run_files"] == earlier
+    assert list(payload["notebooks"]) == ["01_energy_change"]
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    note = "Left from an earlier run, whose parameters may differ, and not part of these results: "
+    assert note + "`01_energy_change.html`, `02_delta_energy_detection.ipynb`" in markdown
+
+
+def test_fresh_folder_has_no_earlier_files(smoke_run):
+    result, out = smoke_run
+    assert result.earlier_files == []
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["earlier_run_files"] == []
+    assert "earlier run" not in (out / "results.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("timeout", [0, -5, 2.5, True])
+def test_cell_timeout_must_be_positive(tmp_path, timeout):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=f"cell_timeout must be a positive number of seconds.*got {timeout!r}"):
+        run_notebooks(out_dir=out, cell_timeout=timeout, progress=False)
+    assert not out.exists()
+
+
 def test_output_dir_parameter_is_rejected(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(params.ParameterError, match="'output_dir'.*use --out"):
@@ -288,12 +332,35 @@ def test_cli_values_parse_as_yaml():
     assert params.parse_cli_value("ViT-B-32") == "ViT-B-32"
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "hint"),
+    [
+        ("ood_splits", "ood_near", '[ood_near] in a parameters file, -p ood_splits "[ood_near]"'),
+        ("ood_splits", "ood_near, ood_far", "[ood_near, ood_far] in a parameters file"),
+        ("seeds", 3, '-p seeds "[3]"'),
+        ("ebm_weights", 0.5, "[0.5] in a parameters file"),
+        ("score_names", {"msp": 1}, "write it as a YAML list such as [a, b]"),
+    ],
+)
+def test_list_parameter_error_shows_list(name, value, hint):
+    with pytest.raises(params.ParameterError, match=f"parameter '{name}' must be a list of") as caught:
+        params.validate({name: value})
+    assert hint in str(caught.value)
+
+
 def test_resolve_notebooks():
     assert params.resolve_notebooks("03,1") == ["01_energy_change", "03_hessian_consistency"]
     assert params.resolve_notebooks(["05_evaluation.ipynb"]) == ["05_evaluation"]
     assert params.resolve_notebooks(None) == list(params.NOTEBOOKS)
     with pytest.raises(params.ParameterError, match="07"):
         params.resolve_notebooks("07")
+
+
+def test_resolve_notebooks_names_option():
+    with pytest.raises(params.ParameterError, match="^--notebook names unknown notebook '9'"):
+        params.resolve_notebooks("9", option="--notebook")
+    with pytest.raises(params.ParameterError, match="^--only selects no notebook"):
+        params.resolve_notebooks(",")
 
 
 def test_every_smoke_value_is_valid():
