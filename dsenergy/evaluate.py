@@ -404,30 +404,37 @@ def auroc_ci(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    resample_seeds: bool = True,
 ) -> dict[str, float]:
     """Bootstrap interval of the seed-mean AUROC (ID positive), or of its gain over a baseline.
 
     ``runs`` contains one :func:`per_image_scores` result per seed, all on the same test images. ID and
     OOD images are resampled with replacement; every seed and the baseline see the same resample,
-    so the gain is a paired difference.
+    so the gain is a paired difference. With ``resample_seeds`` (the default) each draw also
+    resamples the seeds, so the interval covers the spread over training runs as well as over test
+    images. ``baseline_runs`` then pairs with ``runs`` by position (the same seed at each position).
+    With three seeds or fewer this interval is wide by construction: a gain is only "held" when it
+    holds for nearly every seed.
     """
-    def seed_mean(selected_runs: Sequence[Mapping[str, Any]], name: str, id_index: np.ndarray, ood_index: np.ndarray) -> float:
+    def seed_mean(selected_runs: Sequence[Mapping[str, Any]], name: str, seed_index: np.ndarray,
+                  id_index: np.ndarray, ood_index: np.ndarray) -> float:
         return float(np.mean([
-            auroc(run["scores"][id_split][name][id_index], run["scores"][ood_split][name][ood_index])
-            for run in selected_runs
+            auroc(selected_runs[i]["scores"][id_split][name][id_index], selected_runs[i]["scores"][ood_split][name][ood_index])
+            for i in seed_index
         ]))
 
-    def statistic(id_index: np.ndarray, ood_index: np.ndarray) -> float:
-        value = seed_mean(runs, score, id_index, ood_index)
+    def statistic(seed_index: np.ndarray, id_index: np.ndarray, ood_index: np.ndarray) -> float:
+        value = seed_mean(runs, score, seed_index, id_index, ood_index)
         if baseline_runs is not None:
-            value -= seed_mean(baseline_runs, baseline_score or score, id_index, ood_index)
+            value -= seed_mean(baseline_runs, baseline_score or score, seed_index, id_index, ood_index)
         return value
 
     _check_run_keys(runs, (id_split, ood_split), [score])
     if baseline_runs is not None:
         _check_run_keys(baseline_runs, (id_split, ood_split), [baseline_score or score])
+    _check_seed_pairing(runs, baseline_runs)
     sizes = (runs[0]["scores"][id_split][score].size, runs[0]["scores"][ood_split][score].size)
-    return paired_bootstrap(statistic, sizes, n_bootstrap, confidence, seed)
+    return _seed_and_image_bootstrap(statistic, len(runs), sizes, n_bootstrap, confidence, seed, resample_seeds)
 
 
 def _check_run_keys(runs: Sequence[Mapping[str, Any]], splits: Sequence[str], score_names: Sequence[str]) -> None:
@@ -450,17 +457,55 @@ def accuracy_ci(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    resample_seeds: bool = True,
 ) -> dict[str, float]:
-    """Bootstrap interval of the seed-mean accuracy averaged over ``splits``, or of its gain over a baseline."""
-    def seed_mean(selected_runs: Sequence[Mapping[str, Any]], indices: Sequence[np.ndarray]) -> float:
-        return float(np.mean([np.mean([run["correct"][split][index] for split, index in zip(splits, indices)])
-                              for run in selected_runs]))
+    """Bootstrap interval of the seed-mean accuracy averaged over ``splits``, or of its gain over a baseline.
 
-    def statistic(*indices: np.ndarray) -> float:
-        value = seed_mean(runs, indices)
+    Images of every split are resampled, and with ``resample_seeds`` the seeds too, as in :func:`auroc_ci`.
+    """
+    def seed_mean(selected_runs: Sequence[Mapping[str, Any]], seed_index: np.ndarray,
+                  indices: Sequence[np.ndarray]) -> float:
+        return float(np.mean([
+            np.mean([selected_runs[i]["correct"][split][index] for split, index in zip(splits, indices)])
+            for i in seed_index
+        ]))
+
+    def statistic(seed_index: np.ndarray, *indices: np.ndarray) -> float:
+        value = seed_mean(runs, seed_index, indices)
         if baseline_runs is not None:
-            value -= seed_mean(baseline_runs, indices)
+            value -= seed_mean(baseline_runs, seed_index, indices)
         return value
 
+    if not runs:
+        raise ValueError("runs is empty; pass one per_image_scores result per seed")
+    _check_seed_pairing(runs, baseline_runs)
     sizes = [runs[0]["correct"][split].size for split in splits]
-    return paired_bootstrap(statistic, sizes, n_bootstrap, confidence, seed)
+    return _seed_and_image_bootstrap(statistic, len(runs), sizes, n_bootstrap, confidence, seed, resample_seeds)
+
+
+def _check_seed_pairing(
+    runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]] | None
+) -> None:
+    if baseline_runs is not None and len(baseline_runs) != len(runs):
+        raise ValueError(
+            f"runs has {len(runs)} seeds but baseline_runs has {len(baseline_runs)}; pass one run per seed "
+            "for both, in the same seed order, so that each seed is compared with itself"
+        )
+
+
+def _seed_and_image_bootstrap(
+    statistic: Callable[..., float],
+    n_seeds: int,
+    image_sizes: Sequence[int],
+    n_bootstrap: int,
+    confidence: float,
+    seed: int,
+    resample_seeds: bool,
+) -> dict[str, float]:
+    """Run :func:`paired_bootstrap` with the seed positions as one more index set, resampled or fixed."""
+    if resample_seeds:
+        return paired_bootstrap(statistic, [n_seeds, *image_sizes], n_bootstrap, confidence, seed)
+    all_seeds = np.arange(n_seeds)
+    return paired_bootstrap(
+        lambda *indices: statistic(all_seeds, *indices), list(image_sizes), n_bootstrap, confidence, seed
+    )

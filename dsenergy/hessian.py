@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,8 @@ __all__ = [
     "frobenius_norm",
     "hessian_consistency",
     "consistency_gain",
+    "consistency_verdict",
+    "seed_consistency_gain",
     "math_attention",
 ]
 
@@ -760,14 +763,27 @@ def _jackknife(function: Callable[[Tensor], Tensor], samples: Tensor) -> tuple[f
     With leave-one-out means x̄_(i) and f_(i) = f(x̄_(i)), SE² = (m−1)/m Σ_i (f_(i) − mean f_(·))².
     ``function`` maps a (…, p) tensor of means to (…) values.
     """
-    count = samples.shape[0]
     estimate = float(function(samples.mean(dim=0)))
+    replicates = _leave_one_out(function, samples)
+    return estimate, _jackknife_error(replicates)
+
+
+def _leave_one_out(function: Callable[[Tensor], Tensor], samples: Tensor) -> Tensor:
+    """Return f(x̄_(i)) for every leave-one-out mean of the rows of ``samples``; empty with fewer than 2 rows."""
+    count = samples.shape[0]
     if count < 2:
-        return estimate, math.nan
+        return samples.new_empty(0)
     leave_one_out = (samples.sum(dim=0, keepdim=True) - samples) / (count - 1)
-    replicates = function(leave_one_out)
+    return function(leave_one_out)
+
+
+def _jackknife_error(replicates: Tensor) -> float:
+    """Return the jackknife standard error from leave-one-out replicates, NaN with fewer than 2."""
+    count = replicates.shape[0]
+    if count < 2:
+        return math.nan
     spread = ((replicates - replicates.mean()) ** 2).sum()
-    return estimate, float(torch.sqrt((count - 1) / count * spread))
+    return float(torch.sqrt((count - 1) / count * spread))
 
 
 def _probe_loop(
@@ -885,7 +901,7 @@ def hessian_consistency(
     """Compare the Hessian of each domain's loss with the reference domain's, from HVPs only.
 
     One row per domain. Per-domain columns: ``num_samples``, ``loss``, ``grad_norm``,
-    ``eigenvalue_1..k`` (largest algebraic, from ``method``), ``trace`` and ``frobenius`` with
+    ``eigenvalue_1..k`` (largest algebraic, from ``method``; none with ``k = 0``), ``trace`` and ``frobenius`` with
     standard errors. Columns comparing the domain e with the reference r (NaN on the reference
     row), with D = H_e − H_r and the same m Rademacher probes v_i for every domain:
 
@@ -899,11 +915,15 @@ def hessian_consistency(
       because E vᵀH_e H_r v = tr(H_e H_r).
 
     Norms and ratios of the probe means are consistent but biased by O(1/m). Their ``*_se``
-    columns are jackknife standard errors over probes. ``df.attrs`` records the settings. Probes
+    columns are jackknife standard errors over probes. ``df.attrs`` records the settings and, under
+    ``probe_replicates``, the leave-one-out values of ``hessian_cosine`` and
+    ``frobenius_diff_normalized`` per domain, which :func:`consistency_gain` pairs. Probes
     go through the data ``probe_chunk`` at a time, as in :func:`hutchinson_trace`.
     """
     if reference not in domains:
         raise KeyError(f"reference domain {reference!r} is not among the domains {list(domains)}")
+    if k < 0:
+        raise ValueError(f"k must be 0 (no eigenvalues) or a positive number of eigenvalues, got {k}")
     names = list(domains)
     operators = {
         name: HessianOperator(loss_fn, theta, batches, batch_size_fn=batch_size_fn, mode=mode)
@@ -921,12 +941,13 @@ def hessian_consistency(
             name, operators[name].num_samples, losses[name], float(gradients[name].norm()),
         )
 
-    # Top eigenvalues per domain.
+    # Top eigenvalues per domain; k = 0 skips them when only the consistency columns are needed.
     spectra: dict[str, EigenResult] = {}
-    for name in names:
-        spectra[name] = operator_eigenvalues(
-            operators[name], k, method=method, which="LA", iters=iters, tol=tol, seed=seed, progress=progress
-        )
+    if k > 0:
+        for name in names:
+            spectra[name] = operator_eigenvalues(
+                operators[name], k, method=method, which="LA", iters=iters, tol=tol, seed=seed, progress=progress
+            )
 
     # Shared Rademacher probes: per domain vᵀHv and ‖Hv‖², per pair (H_e v)·(H_r v) and ‖(H_e − H_r)v‖².
     others = [name for name in names if name != reference]
@@ -956,6 +977,7 @@ def hessian_consistency(
     per_pair = torch.tensor(pair_samples, dtype=torch.float64).reshape(num_probes, 2 * len(others))
 
     rows = []
+    replicates: dict[str, dict[str, list[float]]] = {metric: {} for metric in _PAIRED_METRICS}
     reference_column = 2 * index[reference]
     for name in names:
         column = 2 * index[name]
@@ -968,7 +990,8 @@ def hessian_consistency(
             "loss": losses[name],
             "grad_norm": float(gradients[name].norm()),
         }
-        for position, value in enumerate(spectra[name].eigenvalues.tolist(), start=1):
+        eigenvalues = spectra[name].eigenvalues.tolist() if name in spectra else []
+        for position, value in enumerate(eigenvalues, start=1):
             row[f"eigenvalue_{position}"] = value
         row.update(
             trace=trace.estimate, trace_se=trace.std_error, frobenius=frobenius, frobenius_se=frobenius_se
@@ -990,6 +1013,12 @@ def hessian_consistency(
             diff, diff_se = _jackknife(lambda m: m[..., 3].sqrt(), stacked)
             diff_normalized, diff_normalized_se = _jackknife(lambda m: m[..., 3].sqrt() / _norm_sum(m), stacked)
             cosine, cosine_se = _jackknife(lambda m: m[..., 2] / (m[..., 0] * m[..., 1]).sqrt(), stacked)
+            replicates["frobenius_diff_normalized"][name] = _leave_one_out(
+                lambda m: m[..., 3].sqrt() / _norm_sum(m), stacked
+            ).tolist()
+            replicates["hessian_cosine"][name] = _leave_one_out(
+                lambda m: m[..., 2] / (m[..., 0] * m[..., 1]).sqrt(), stacked
+            ).tolist()
             row.update(
                 gradient_gap=float((gradients[name] - gradients[reference]).norm()),
                 frobenius_diff=diff,
@@ -1011,7 +1040,7 @@ def hessian_consistency(
     table = pd.DataFrame(rows)
     table.attrs.update(
         reference=reference, k=k, method=method, num_probes=num_probes, seed=seed, tol=tol,
-        iters=iters, dim=operators[reference].dim, probes="rademacher",
+        iters=iters, dim=operators[reference].dim, probes="rademacher", probe_replicates=replicates,
     )
     logger.info(
         "hessian consistency over %d domains (d=%d, %d probes): %.2f s",
@@ -1024,6 +1053,10 @@ def _norm_sum(means: Tensor) -> Tensor:
     """Return ‖H_e‖_F + ‖H_r‖_F from the probe means of ‖H_e v‖² and ‖H_r v‖² (columns 0 and 1)."""
     return means[..., 0].sqrt() + means[..., 1].sqrt()
 
+
+# Pair metrics whose leave-one-out probe replicates ``hessian_consistency`` keeps in ``attrs``, so that
+# two tables computed with the same probes can be compared as a paired difference.
+_PAIRED_METRICS = ("hessian_cosine", "frobenius_diff_normalized")
 
 _PAIR_COLUMNS = (
     "gradient_gap",
@@ -1043,9 +1076,14 @@ def consistency_gain(
 ) -> dict[str, float]:
     """Return the gain in a ``hessian.hessian_consistency`` column, averaged over the non-reference domains.
 
-    ``value`` = mean over domains of (table − baseline); the interval is normal with the
-    jackknife standard errors of both tables (``<metric>_se``), treated as independent. For
-    ``hessian_cosine`` a positive gain means ``table``'s Hessians agree more across domains.
+    ``value`` = mean over domains of (table − baseline), with a normal interval. When both tables
+    carry probe replicates from the same probes (same ``seed``, ``num_probes`` and parameter
+    dimension in ``attrs``), the standard error is the jackknife of the paired difference: each
+    probe is left out of both tables at once, so noise that the two share cancels, and so does the
+    correlation between domains. Otherwise (e.g. tables read back from CSV) the ``<metric>_se``
+    columns are combined as if independent, which overstates the error of a paired comparison.
+    ``paired`` in the result says which was used. For ``hessian_cosine`` a positive gain means
+    ``table``'s Hessians agree more across domains; for ``frobenius_diff_normalized`` a negative one.
     """
     from scipy.stats import norm
 
@@ -1058,8 +1096,103 @@ def consistency_gain(
     if unmatched:
         logger.warning("consistency_gain averages over the %d shared domains; %s are in one table only",
                        len(domains), unmatched)
-    differences = first.loc[domains, metric] - second.loc[domains, metric]
-    variance = (first.loc[domains, f"{metric}_se"] ** 2 + second.loc[domains, f"{metric}_se"] ** 2).sum() / len(domains) ** 2
-    half_width = float(norm.ppf(0.5 + confidence / 2.0) * math.sqrt(variance))
-    value = float(differences.mean())
-    return {"value": value, "low": value - half_width, "high": value + half_width, "confidence": confidence}
+    value = float((first.loc[domains, metric] - second.loc[domains, metric]).mean())
+
+    paired = _paired_replicates(table, baseline, metric, domains)
+    if paired is not None:
+        # Leave-one-out replicates of the domain-mean difference, one per probe.
+        standard_error = _jackknife_error(paired)
+    else:
+        variance = (first.loc[domains, f"{metric}_se"] ** 2 + second.loc[domains, f"{metric}_se"] ** 2).sum()
+        standard_error = math.sqrt(variance) / len(domains)
+    half_width = float(norm.ppf(0.5 + confidence / 2.0) * standard_error)
+    return {"value": value, "low": value - half_width, "high": value + half_width, "confidence": confidence,
+            "paired": paired is not None}
+
+
+def _paired_replicates(table: Any, baseline: Any, metric: str, domains: Sequence[str]) -> Tensor | None:
+    """Return per-probe replicates of the domain-mean difference, or None when the tables cannot be paired."""
+    settings = ("seed", "num_probes", "dim", "probes")
+    if any(table.attrs.get(key) != baseline.attrs.get(key) for key in settings):
+        return None
+    first = table.attrs.get("probe_replicates", {}).get(metric, {})
+    second = baseline.attrs.get("probe_replicates", {}).get(metric, {})
+    if not all(domain in first and domain in second for domain in domains):
+        return None
+    differences = torch.tensor([first[domain] for domain in domains], dtype=torch.float64) - torch.tensor(
+        [second[domain] for domain in domains], dtype=torch.float64
+    )
+    if differences.shape[1] < 2:
+        return None
+    return differences.mean(dim=0)
+
+
+def seed_consistency_gain(
+    tables: Sequence[Any],
+    baselines: Sequence[Any],
+    metric: str = "hessian_cosine",
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Return the seed-mean :func:`consistency_gain` of ``tables`` over ``baselines``, paired by position.
+
+    ``tables[i]`` and ``baselines[i]`` come from one training seed. The percentile bootstrap
+    resamples the seeds and, per resampled seed, adds normal noise with that seed's probe standard
+    error, so the interval covers the spread over training runs and the probe noise. With one seed
+    there is no spread to measure, so the interval is NaN and ``n_seeds`` tells the caller to report
+    the claim as not evaluated.
+    ``per_seed`` lists the single-seed gains.
+    """
+    from dsenergy.metrics import paired_bootstrap
+    from scipy.stats import norm
+
+    if len(tables) != len(baselines) or not tables:
+        raise ValueError(
+            f"tables ({len(tables)}) and baselines ({len(baselines)}) must be non-empty and of equal length, "
+            "one pair per training seed"
+        )
+    per_seed = [consistency_gain(table, baseline, metric, confidence) for table, baseline in zip(tables, baselines)]
+    values = np.array([gain["value"] for gain in per_seed])
+    # Back out each seed's standard error from its normal interval.
+    errors = np.array([(gain["high"] - gain["low"]) / 2.0 for gain in per_seed]) / norm.ppf(0.5 + confidence / 2.0)
+    value = float(values.mean())
+    if len(values) < 2:
+        return {"value": value, "low": math.nan, "high": math.nan, "confidence": confidence,
+                "per_seed": values.tolist(), "n_seeds": len(values)}
+
+    noise = np.random.default_rng(seed + 1)
+
+    def statistic(seed_index: np.ndarray) -> float:
+        return float((values[seed_index] + errors[seed_index] * noise.standard_normal(len(seed_index))).mean())
+
+    interval = paired_bootstrap(statistic, [len(values)], n_bootstrap, confidence, seed)
+    return {"value": value, "low": interval["low"], "high": interval["high"], "confidence": confidence,
+            "per_seed": values.tolist(), "n_seeds": len(values)}
+
+
+def consistency_verdict(table: Any, baseline: Any, confidence: float = 0.95) -> dict[str, Any]:
+    """Judge "``table``'s Hessians are more domain-consistent than ``baseline``'s" on two metrics.
+
+    The cosine gain (table − baseline, higher is more consistent) and the normalised-Frobenius gain
+    (baseline − table, so that higher is again more consistent) each get an interval from
+    :func:`consistency_gain` and a verdict from :func:`dsenergy.metrics.claim_verdict`. The claim is
+    ``"held"`` or ``"contradicted"`` only when both metrics say so, ``"metrics disagree"`` when one
+    holds and the other contradicts, and ``"not supported"`` otherwise.
+    """
+    from dsenergy.metrics import claim_verdict
+
+    cosine = consistency_gain(table, baseline, "hessian_cosine", confidence)
+    frobenius = consistency_gain(baseline, table, "frobenius_diff_normalized", confidence)
+    verdicts = {
+        "hessian_cosine": claim_verdict(cosine["low"], cosine["high"]),
+        "frobenius_diff_normalized": claim_verdict(frobenius["low"], frobenius["high"]),
+    }
+    distinct = set(verdicts.values())
+    if len(distinct) == 1:
+        verdict = distinct.pop()
+    elif distinct == {"held", "contradicted"}:
+        verdict = "metrics disagree"
+    else:
+        verdict = "not supported"
+    return {"verdict": verdict, "verdicts": verdicts, "hessian_cosine": cosine, "frobenius_diff_normalized": frobenius}

@@ -99,8 +99,10 @@ def current_path() -> Path | None:
     return _state["path"]
 
 
-def record(name: str, value: Any, *, unit: str | None = None, description: str | None = None) -> Any:
-    """Store ``value`` under ``name`` in the current notebook's records file and return ``value``.
+def record(name: str, value: Any, *, unit: str | None = None, description: str | None = None) -> None:
+    """Store ``value`` under ``name`` in the current notebook's records file.
+
+    It returns nothing, so a notebook cell that ends with a call displays no stray copy of ``value``.
 
     Args:
         name: key, unique within the notebook (a later call with the same name replaces the value).
@@ -120,7 +122,6 @@ def record(name: str, value: Any, *, unit: str | None = None, description: str |
     payload["records"][name] = entry
     payload["updated"] = _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds")
     _write_atomic(_state["path"], payload)
-    return value
 
 
 def load_records(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -227,6 +228,43 @@ def test_auroc_ci_self_gain_is_zero():
     assert (gain["value"], gain["low"], gain["high"]) == (0.0, 0.0, 0.0)
     accuracy = evaluate.accuracy_ci(runs, ["id_test"], n_bootstrap=50)
     assert accuracy["value"] == pytest.approx(float(((features["id_test"] @ text.T).argmax(1) == labels).float().mean()))
+
+def _synthetic_run(id_shift, rng, n=300):
+    """Return a per_image_scores-shaped run whose ID scores sit ``id_shift`` above the OOD scores."""
+    return {"scores": {"id_test": {"msp": rng.normal(id_shift, 1.0, n)}, "ood_far": {"msp": rng.normal(0.0, 1.0, n)}},
+            "correct": {"id_test": (rng.random(n) < 0.5 + id_shift / 10).astype(float)}}
+
+
+def test_auroc_ci_covers_seed_disagreement():
+    rng = np.random.default_rng(0)
+    # One seed gains clearly over the baseline and the other loses clearly, so the seed-mean gain is
+    # negative with a tight image-only interval but not across resampled seeds.
+    runs = [_synthetic_run(3.0, rng), _synthetic_run(0.0, rng)]
+    baseline = [_synthetic_run(1.5, rng), _synthetic_run(1.5, rng)]
+    images_only = evaluate.auroc_ci(runs, "msp", "ood_far", baseline, n_bootstrap=200, resample_seeds=False)
+    with_seeds = evaluate.auroc_ci(runs, "msp", "ood_far", baseline, n_bootstrap=200)
+    assert metrics.claim_verdict(images_only["low"], images_only["high"]) == "contradicted"
+    assert with_seeds["value"] == pytest.approx(images_only["value"])
+    assert with_seeds["high"] > 0.0
+    assert with_seeds["low"] < images_only["low"]
+
+
+def test_accuracy_ci_resamples_seeds():
+    rng = np.random.default_rng(1)
+    runs = [_synthetic_run(3.0, rng), _synthetic_run(0.0, rng)]
+    images_only = evaluate.accuracy_ci(runs, ["id_test"], n_bootstrap=200, resample_seeds=False)
+    with_seeds = evaluate.accuracy_ci(runs, ["id_test"], n_bootstrap=200)
+    assert with_seeds["high"] - with_seeds["low"] > 2 * (images_only["high"] - images_only["low"])
+
+
+def test_ci_rejects_unpaired_seed_counts():
+    rng = np.random.default_rng(2)
+    runs = [_synthetic_run(1.0, rng), _synthetic_run(1.0, rng)]
+    with pytest.raises(ValueError, match="runs has 2 seeds but baseline_runs has 1"):
+        evaluate.auroc_ci(runs, "msp", "ood_far", runs[:1], n_bootstrap=10)
+    with pytest.raises(ValueError, match="runs has 2 seeds but baseline_runs has 1"):
+        evaluate.accuracy_ci(runs, ["id_test"], runs[:1], n_bootstrap=10)
+
 
 def test_headline_row_flattens_aurocs():
     table = pd.DataFrame({

@@ -460,3 +460,91 @@ def test_consistency_gain_uses_standard_errors():
     gain = hessian.consistency_gain(table([0.9, 0.8], [0.01, 0.01]), table([0.5, 0.6], [0.01, 0.01]))
     assert gain["value"] == pytest.approx(0.3)
     assert gain["high"] - gain["value"] == pytest.approx(1.959964 * math.sqrt(4 * 0.01**2) / 2, rel=1e-4)
+
+
+def _two_domain_tables(seed=0, num_probes=40, perturbation=0.0):
+    """Return hessian_consistency tables of the same problem at θ and at a perturbed θ, with shared probes."""
+    features, labels, text_features = _classifier_problem(num_classes=4, width=6, num_samples=60)
+    shifted, shifted_labels, _ = _classifier_problem(num_classes=4, width=6, num_samples=45, shift=0.4, seed=1)
+    domains = {
+        "id": hessian.feature_batches(features, labels, batch_size=60),
+        "shift": hessian.feature_batches(shifted, shifted_labels, batch_size=45),
+    }
+    loss_fn = hessian.make_classifier_loss(0.1)
+    settings = dict(reference="id", k=1, iters=8, num_probes=num_probes, seed=seed, spectral_diff=False, progress=False)
+    generator = torch.Generator().manual_seed(3)
+    moved = text_features + perturbation * torch.randn(text_features.shape, generator=generator, dtype=text_features.dtype)
+    return (hessian.hessian_consistency(loss_fn, text_features, domains, **settings),
+            hessian.hessian_consistency(loss_fn, moved, domains, **settings))
+
+
+def test_consistency_gain_identical_models_zero_width():
+    table, _ = _two_domain_tables()
+    gain = hessian.consistency_gain(table, table.copy())
+    assert gain["paired"]
+    assert gain["value"] == 0.0
+    assert gain["high"] - gain["low"] == 0.0
+
+
+def test_consistency_gain_pairs_shared_probes():
+    table, moved = _two_domain_tables(perturbation=0.05)
+    paired = hessian.consistency_gain(moved, table)
+    moved.attrs.pop("probe_replicates")
+    unpaired = hessian.consistency_gain(moved, table)
+    assert paired["paired"]
+    assert not unpaired["paired"]
+    assert paired["value"] == pytest.approx(unpaired["value"])
+    assert paired["high"] - paired["low"] < unpaired["high"] - unpaired["low"]
+
+
+def test_consistency_gain_unpaired_for_other_probes():
+    table, _ = _two_domain_tables(seed=0)
+    other, _ = _two_domain_tables(seed=1)
+    assert not hessian.consistency_gain(table, other)["paired"]
+
+
+@pytest.mark.parametrize(
+    "cosines, frobenius, verdict",
+    [
+        ((0.9, 0.5), (0.1, 0.5), "held"),
+        ((0.5, 0.9), (0.5, 0.1), "contradicted"),
+        ((0.9, 0.5), (0.5, 0.1), "metrics disagree"),
+        ((0.9, 0.5), (0.3, 0.3), "not supported"),
+    ],
+)
+def test_consistency_verdict_needs_both_metrics(cosines, frobenius, verdict):
+    def table(cosine, difference):
+        return pd.DataFrame({"domain": ["id", "a"], "reference": "id",
+                             "hessian_cosine": [np.nan, cosine], "hessian_cosine_se": [np.nan, 0.01],
+                             "frobenius_diff_normalized": [np.nan, difference],
+                             "frobenius_diff_normalized_se": [np.nan, 0.01]})
+
+    result = hessian.consistency_verdict(table(cosines[0], frobenius[0]), table(cosines[1], frobenius[1]))
+    assert result["verdict"] == verdict
+
+
+def test_hessian_consistency_without_eigenvalues():
+    features, labels, text_features = _classifier_problem()
+    batches = hessian.feature_batches(features, labels, batch_size=60)
+    table = hessian.hessian_consistency(hessian.make_classifier_loss(0.1), text_features, {"id": batches, "copy": batches},
+                                        reference="id", k=0, num_probes=8, spectral_diff=False, progress=False)
+    assert not [column for column in table.columns if column.startswith("eigenvalue_")]
+    assert table.set_index("domain").loc["copy", "hessian_cosine"] == pytest.approx(1.0)
+
+
+def test_seed_consistency_gain_spans_seeds():
+    table, moved = _two_domain_tables(perturbation=0.05)
+    _, moved_more = _two_domain_tables(perturbation=0.2)
+    gain = hessian.seed_consistency_gain([moved, moved_more], [table, table], n_bootstrap=200)
+    per_seed = [hessian.consistency_gain(moved, table)["value"], hessian.consistency_gain(moved_more, table)["value"]]
+    assert gain["per_seed"] == pytest.approx(per_seed)
+    assert gain["value"] == pytest.approx(np.mean(per_seed))
+    assert gain["low"] <= min(per_seed) + 1e-9
+    assert gain["high"] >= max(per_seed) - 1e-9
+
+
+def test_seed_consistency_gain_one_seed_has_no_interval():
+    table, moved = _two_domain_tables(perturbation=0.05)
+    gain = hessian.seed_consistency_gain([moved], [table])
+    assert gain["n_seeds"] == 1
+    assert math.isnan(gain["low"])
