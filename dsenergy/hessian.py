@@ -1140,8 +1140,8 @@ def seed_consistency_gain(
     ``tables[i]`` and ``baselines[i]`` come from one training seed. The percentile bootstrap
     resamples the seeds and, per resampled seed, adds normal noise with that seed's probe standard
     error, so the interval covers the spread over training runs and the probe noise. With one seed
-    there is no spread to measure, so the interval is NaN and ``n_seeds`` tells the caller to report
-    the claim as not evaluated.
+    there is no spread to measure, so the interval is NaN, and a caller that finds ``n_seeds`` = 1
+    should report the claim as not evaluated.
     ``per_seed`` lists the single-seed gains.
     """
     from dsenergy.metrics import paired_bootstrap
@@ -1177,7 +1177,7 @@ def consistency_verdict(table: Any, baseline: Any, confidence: float = 0.95) -> 
     The cosine gain (table − baseline, higher is more consistent) and the normalised-Frobenius gain
     (baseline − table, so that higher is again more consistent) each get an interval from
     :func:`consistency_gain` and a verdict from :func:`dsenergy.metrics.claim_verdict`. The claim is
-    ``"held"`` or ``"contradicted"`` only when both metrics say so, ``"metrics disagree"`` when one
+    ``"held"`` or ``"contradicted"`` only when both metrics give that verdict, ``"metrics disagree"`` when one
     holds and the other contradicts, and ``"not supported"`` otherwise.
     """
     from dsenergy.metrics import claim_verdict

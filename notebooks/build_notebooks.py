@@ -334,6 +334,10 @@ covariate_table = pd.DataFrame(rows)
 records.record("covariate_auroc", covariate_table, unit="AUROC, ID positive; accuracy of the zero-shot classifier")
 records.record("id_accuracy", metrics.accuracy(bench.similarities(features["id_test"]), id_labels), unit="top-1 accuracy")
 display(Markdown(viz.table_caption("id", taus) + " Rows: AUROC of each score against the ID split; last row: top-1 accuracy."))
+mean_auroc = covariate_table.groupby("score")["auroc_vs_id"].mean()
+display(Markdown(f"Averaged over these shifts, {mean_auroc.idxmax()} rejects shifted ID images most (mean AUROC "
+                 f"{mean_auroc.max():.3f}) and {mean_auroc.idxmin()} least ({mean_auroc.min():.3f}). A score that "
+                 "detects far OOD well can pay for it here."))
 shown = covariate_table.pivot(index="score", columns="split", values="auroc_vs_id").loc[list(score_names)]
 shown.loc["zero-shot accuracy"] = covariate_table.groupby("split")["accuracy"].first()
 shown.rename(columns=viz.split_label).style.format("{:.3f}")""",
@@ -373,7 +377,13 @@ Hessian-vector product. Probes and starting vectors use the same seed for every 
 skip the spectral norm of the difference, which costs the most products. They also give Lanczos only
 `hessian_iterations` = 6 steps, so the log may warn that the eigenvalues did not reach the tolerance:
 Lanczos approximates the extreme eigenvalues first, so the top one is the most accurate and the
-smaller ones are rough. Raise `hessian_iterations` for tight values.""",
+smaller ones are rough. Raise `hessian_iterations` for tight values.
+
+The cross-entropy is convex in the logits, but θ reaches them through a nonlinear map: the
+normalisation of each class's text feature, and for CoOp the text tower before it. That map adds a
+curvature term that can be negative. A Hessian can then have negative eigenvalues and a negative trace,
+and two domains can have a negative Hessian cosine, which means their curvatures point in opposite
+directions.""",
     """settings = dict(reference="id_test", k=hessian_top_k, iters=hessian_iterations, num_probes=hutchinson_samples, seed=seed,
                 spectral_diff=not smoke, progress=False)
 tables = {"zero-shot": hessian.hessian_consistency(hessian.make_classifier_loss(tau), bench.classifier.text_features.clone(),
@@ -400,7 +410,7 @@ The claim to test is that the model with the more consistent Hessians (higher co
 normalised difference) also keeps more accuracy under covariate shift. The gain of CoOp+EBM over
 CoOp is measured on both metrics, each with a normal interval from the jackknife over probes. Both
 models see the same probes, so the jackknife leaves each probe out of both at once and the noise
-they share cancels. The claim is *held* only when both metrics agree; when one says more consistent
+they share cancels. The claim is *held* only when both metrics agree. When one shows more consistency
 and the other less, the verdict is *metrics disagree*. The intervals cover probe noise only, not the
 spread over training seeds (this notebook trains one seed; notebook 05 trains several).""",
     """summary_rows = []
@@ -460,8 +470,8 @@ print(f"{shots}-shot training on {len(bench.class_names)} classes; test splits: 
 Both runs start from the same random context (same seed) and see the same K-shot images in the same
 order. The EBM term is logged for CoOp too, although CoOp does not optimise it, so the panels show
 what the extra term changes. The `ebm` panel plots $L_{EBM} = -\\overline{LB_y}$: lower means a larger
-bound. If the two curves of a panel coincide, the EBM term changed nothing that this panel measures; on
-the demo model they nearly do (the next section says why).""",
+bound. If the two curves of a panel coincide, the EBM term changed nothing that this panel measures. On
+the demo model they nearly do, and the next section explains why.""",
     """runs = {
     "CoOp": bench.train("coop", shots, seed, **training),
     f"CoOp+EBM (λ = {ebm_weight:g})": bench.train("coop_ebm", shots, seed, ebm_weight=ebm_weight, **training),
@@ -665,9 +675,9 @@ hessian_summary.set_index(["method", "seed"]).style.format("{:.4f}")""",
     """## Did the paper's claims hold here?
 
 Each row names a claim, the gain it implies, the gain measured here with its interval, and the verdict
-computed from the interval. The Hessian claims have one row per consistency metric, each with a
-bootstrap interval over seeds that also carries the probe noise of every seed; with a single seed they
-are not evaluated.""",
+computed from the interval. The Hessian claims have one row per consistency metric. Each interval
+resamples the seeds and carries the probe noise of every seed, so with a single seed there is no
+interval and the claim is not evaluated.""",
     """claims = []
 
 def add_claim(claim, split, interval, margin=0.0):
