@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from dsenergy._atomic import write_text_atomically
 from dsenergy.metrics import auroc, evaluate_ood, paired_bootstrap
 from dsenergy.prompts import PromptLearner
 from dsenergy.scores import (
@@ -261,21 +261,10 @@ def save_results(table: pd.DataFrame, path_stem: str | os.PathLike) -> tuple[Pat
     csv_path = stem.with_name(stem.name + ".csv")
     json_path = stem.with_name(stem.name + ".json")
     records = json.loads(table.to_json(orient="records"))
-    _write_atomically(csv_path, table.to_csv(index=False))
-    _write_atomically(json_path, json.dumps(records, indent=2))
+    write_text_atomically(csv_path, table.to_csv(index=False))
+    write_text_atomically(json_path, json.dumps(records, indent=2))
     logger.info("wrote %d rows to %s and %s", len(table), csv_path, json_path)
     return csv_path, json_path
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def compute_scores(

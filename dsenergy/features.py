@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
+from dsenergy._atomic import write_atomically
 from dsenergy._paths import cache_dir as default_cache_dir
 from dsenergy.models import ClipBundle, autocast_context, image_input_dtype
 
@@ -630,17 +630,9 @@ def _write_cache_file(
         "sha256": _tensor_sha256(features),
         "labels_sha256": _tensor_sha256(labels) if labels is not None else None,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save({"header": header, "features": features, "labels": labels}, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(
+        path, lambda stream: torch.save({"header": header, "features": features, "labels": labels}, stream), sync=True
+    )
     logger.info("Stored features %d × %d in %s", *features.shape, path)
 
 

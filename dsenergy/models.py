@@ -419,12 +419,21 @@ def _load_checkpoint_file(model: torch.nn.Module, path: Path, name: str, pretrai
             f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}. "
             f"Check the architecture name, or {_LOCAL_HINT} saved from this architecture."
         )
+    mismatched = [
+        f"{key} {tuple(state_dict[key].shape)} (model {tuple(expected[key].shape)})"
+        for key in expected
+        if key in state_dict and state_dict[key].shape != expected[key].shape
+    ]
+    if mismatched:
+        raise WeightsUnavailableError(
+            f"Checkpoint {str(path)!r} does not fit model {name!r} (pretrained={pretrained!r}): "
+            f"{len(mismatched)} tensors have other shapes, e.g. {'; '.join(mismatched[:3])}. The file was saved "
+            f"from another size of this architecture; check the model name, or {_LOCAL_HINT} saved from it."
+        )
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        raise WeightsUnavailableError(
-            f"Checkpoint {str(path)!r} does not fit model {name!r}: {_first_line(error)}"
-        ) from None
+        raise WeightsUnavailableError(f"Checkpoint {str(path)!r} does not fit model {name!r}: {error}") from None
 
 
 def _unwrap_state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:

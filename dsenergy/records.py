@@ -11,10 +11,10 @@ import datetime as _datetime
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from dsenergy._atomic import write_text_atomically
 
 __all__ = ["current_path", "load_records", "record", "record_value", "start", "to_json"]
 
@@ -54,26 +54,8 @@ def to_json(value: Any) -> Any:
                     "lists or dicts first")
 
 
-def _file_mode() -> int:
-    """Return the mode a newly created file gets (0o666 less the process umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2, allow_nan=False)
-            stream.write("\n")
-        # mkstemp creates the file readable by its owner only; a records file is an ordinary output.
-        os.chmod(temporary, _file_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def start(notebook: str, output_dir: str | Path, parameters: Mapping[str, Any] | None = None) -> Path:

@@ -133,9 +133,13 @@ summary.rename(index=viz.split_label)""",
     r"""## ΔE and MSP at small τ
 
 With $c = 1$ the closed form is $\Delta E = -\tau \log\big(1 - p_{max}(1 - e^{(a - s_{max})/\tau})\big)$. At
-a small τ (CLIP's is about 0.01) and $a = 0$ the factor $e^{-s_{max}/\tau}$ is of order $e^{-30}$, so
-$\Delta E \approx -\tau \log(1 - p_{max})$, a monotone function of MSP: **the two scores rank the images
-identically**, except for pairs whose MSPs differ by less than that residual factor. We check this on all images pooled, in float64, as the fraction of image pairs that
+a small τ (CLIP's is about 0.01) and $a = 0$ the factor $e^{-s_{max}/\tau}$ is tiny whenever the top
+similarity is well above zero ($e^{-30}$ for $s_{max} = 0.3$), so $\Delta E \approx -\tau \log(1 - p_{max})$,
+a monotone function of MSP: **the two scores rank the images identically**, except for pairs whose MSPs
+differ by less than that residual factor. The identity needs $s_{max} > a$: an image whose top
+similarity is at or below the crop value gains similarity from the crop, and its ΔE is zero or negative.
+The cell reports how many images that concerns; a model with random weights, whose cosines hover
+around zero, breaks the identity for many. We check this on all images pooled, in float64, as the fraction of image pairs that
 both scores order the same way (pairs that either score ties are left out, because MSP saturates at
 exactly 1 for the most confident images). At the model's own τ the factor is small but not zero, so
 the agreement may fall slightly below 1. Cropping two classes ($c = 2$) or raising τ to 1 (the MCM
@@ -171,8 +175,12 @@ records.record("min_delta_energy", float(scores.delta_energy(pooled, tau, top_c=
 figure, ax = plt.subplots(figsize=(6, 4))
 viz.plot_msp_relation(msp_small, scores.delta_energy(pooled, small_tau, top_c=1), small_tau, ax=ax)
 plt.show()
+below_crop = float((pooled.max(dim=1).values <= 0.0).double().mean())
+records.record("fraction_top_similarity_below_crop", below_crop, unit="fraction of images",
+               description="images whose largest cosine is ≤ 0, where the c = 1, a = 0 identity with MSP fails")
 display(Markdown(f"Largest difference between the closed form and `scores.delta_energy` (c = {top_c}, a = {crop_value:g}, "
-                 f"τ = {tau:.4g}, float64): {closed_form_error:.2e}"))
+                 f"τ = {tau:.4g}, float64): {closed_form_error:.2e}. Images whose top cosine is at or below a = 0: "
+                 f"{below_crop:.1%}."))
 pd.Series(agreement, name="rank agreement with MSP").to_frame()""",
     r"""## The feature-mask variant
 

@@ -80,6 +80,14 @@ def test_imagenet_val_class_mismatch(imagenet_val, tmp_path):
         imagenet_dataset(root)
 
 
+def test_imagenet_partial_wnids_rejected(tmp_path):
+    wnids = imagenet_wnids()[:3]
+    for wnid in wnids:
+        _touch_image(tmp_path / "val" / wnid / "a.JPEG")
+    with pytest.raises(ValueError, match="wnids lists 3 wnids, but ImageNet-1k has 1000"):
+        imagenet_dataset(tmp_path / "val", wnids=wnids)
+
+
 def test_imagenet_val_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"val.*<wnid>"):
         imagenet_dataset(tmp_path / "val")

@@ -161,6 +161,20 @@ def test_checkpoint_of_other_architecture(tmp_path):
         load_clip(TINY_MODEL_NAME, pretrained=path)
 
 
+def test_checkpoint_of_other_size_names_shapes(tmp_path):
+    wider = dict(TINY_MODEL_CONFIG, embed_dim=48)
+    register_model_config("dsenergy-test-tiny-wide", wider)
+    path = tmp_path / "wide.pt"
+    torch.save(open_clip.create_model("dsenergy-test-tiny-wide").state_dict(), path)
+
+    with pytest.raises(WeightsUnavailableError) as raised:
+        load_clip(TINY_MODEL_NAME, pretrained=path)
+    message = str(raised.value)
+    assert "tensors have other shapes" in message
+    assert "text_projection (32, 48) (model (32, 32))" in message
+    assert LOCAL_HINT in message
+
+
 class _NotATensor:
     pass
 

@@ -124,13 +124,20 @@ def imagenet_dataset(
     """
     root = _require_dir(Path(root), _IMAGENET_LAYOUT)
     wnids = list(wnids) if wnids is not None else imagenet_wnids(val_root=root)
+    names = imagenet_class_names()
+    if len(wnids) != len(names):
+        # Class names come from open_clip's list in ImageNet label order, so wnid i must be class i.
+        raise ValueError(
+            f"wnids lists {len(wnids)} wnids, but ImageNet-1k has {len(names)} and label i names class i of "
+            "open_clip's list; pass all 1000 wnids in label order and select classes with class_indices, or "
+            "read a subset with dsenergy.data.image_folder_dataset and your own class_names"
+        )
     check_class_names(
         subfolder_names(root), wnids, str(root),
         remedy=f"Restore the missing wnid folders and move the extra ones out of {root}.",
     )
 
     indices = _validate_indices(class_indices, len(wnids))
-    names = imagenet_class_names()
     samples = class_folder_samples(
         root, [wnids[i] for i in indices], _IMAGENET_LAYOUT,
         remedy="Add the class's images, or leave its index out of class_indices.",
