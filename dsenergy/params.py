@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -44,6 +45,10 @@ NOTEBOOKS: tuple[str, ...] = (
 
 _ALL = NOTEBOOKS
 _DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+# The pattern of fashion-open's covariate split names: covariate/<shift>/<severity>.
+_FASHION_COVARIATE_SPLIT = re.compile(r"covariate/[^/]+/[^/]+")
+# Class names listed in an error message before it is cut short.
+_LISTED_NAMES = 5
 _UNSET: Any = object()
 
 
@@ -384,6 +389,7 @@ def validate(
             logger.warning("parameter %r is not used by the selected notebooks %s", name, selected)
 
     _check_splits(converted)
+    _check_folders(converted, selected)
     _check_top_c(converted, selected)
     _check_weights(converted)
     return converted
@@ -422,7 +428,7 @@ def _id_class_count(values: Mapping[str, Any]) -> int | None:
         return None
     from dsenergy.data.folders import subfolder_names
 
-    # An id_test folder without class folders is reported by the data loader, with its own message.
+    # _check_folders has already rejected an id_test folder without class folders, when validate runs both.
     return len(subfolder_names(id_test)) or None
 
 
@@ -451,6 +457,10 @@ def _check_splits(values: Mapping[str, Any]) -> None:
     if benchmark == "folders" and data_root is None:
         raise ParameterError("parameter 'data_root' is required when benchmark='folders'; "
                              "set it to the folder holding id_train/, id_test/ and your OOD folders")
+    if benchmark == "fashion-open" and data_root is not None:
+        raise ParameterError(f"parameter 'data_root' is set to {data_root!r}, but benchmark 'fashion-open' reads "
+                             "the embedded benchmark and would ignore it; add -p benchmark folders to read your "
+                             "images under data_root, or drop data_root")
 
     for name, role in (("ood_splits", "ood"), ("covariate_splits", "covariate")):
         splits = values.get(name, SCHEMA[name].default)
@@ -463,8 +473,13 @@ def _check_splits(values: Mapping[str, Any]) -> None:
 
                 known = fashion_open_splits()
                 if split not in known:
+                    hint = ""
+                    if _looks_like_folder(split):
+                        hint = ("; fashion-open reads no folders, so to use your own images add "
+                                "-p benchmark folders -p data_root DIR, which reads each split from a folder "
+                                "under data_root")
                     raise ParameterError(f"parameter {name!r}: fashion-open has no split {split!r}; "
-                                         f"choose from {[k for k in known if k.startswith(role)]}")
+                                         f"choose from {[k for k in known if k.startswith(role)]}{hint}")
             elif not (Path(data_root) / split).is_dir():
                 raise ParameterError(f"parameter {name!r}: folder {Path(data_root) / split} does not exist; "
                                      "each split is a folder under data_root")
@@ -473,6 +488,106 @@ def _check_splits(values: Mapping[str, Any]) -> None:
             if not (Path(data_root) / split).is_dir():
                 raise ParameterError(f"parameter 'data_root': folder {Path(data_root) / split} does not exist; "
                                      "benchmark 'folders' needs id_train/<class>/ and id_test/<class>/")
+
+
+def _looks_like_folder(split: str) -> bool:
+    """Return whether a split name is written like a folder path rather than a fashion-open split name."""
+    if "\\" in split or split.endswith("/"):
+        return True
+    return "/" in split and not _FASHION_COVARIATE_SPLIT.fullmatch(split)
+
+
+def _check_folders(values: Mapping[str, Any], notebooks: Iterable[str]) -> None:
+    """Check the class folders under data_root for benchmark 'folders', from directory listings only.
+
+    id_train and id_test need the same class folders, each covariate split a subset of them, and every
+    class folder at least one image file. When ``values`` contain ``shots`` and a notebook of ``notebooks``
+    declares it, every id_train class also needs ``shots`` image files. Files are counted by suffix
+    (:data:`dsenergy.data.folders.IMAGE_EXTENSIONS`) without being opened.
+    """
+    # NOTE: the loaders later drop files that PIL cannot read, so a class can pass the shots check here
+    # and still have too few images for the K-shot draw.
+    if values.get("benchmark", SCHEMA["benchmark"].default) != "folders":
+        return
+    from dsenergy.data.folders import check_class_names
+
+    root = Path(values["data_root"])
+    train_dir, test_dir = root / "id_train", root / "id_test"
+    classes = _class_folders(train_dir, "data_root")
+    test_classes = _class_folders(test_dir, "data_root")
+    try:
+        check_class_names(test_classes, classes, str(test_dir), remedy=(
+            f"id_test needs the same class folders as {train_dir}, because its labels index the classes of "
+            "id_train. Create the missing class folders with test images and move the extra ones out of "
+            "id_test, or add matching class folders to id_train."
+        ))
+    except ValueError as error:
+        raise ParameterError(f"parameter 'data_root': {error}") from error
+    remedy = "Add images to it, or remove the class from both id_train and id_test."
+    _require_image_files(train_dir, classes, "data_root", remedy)
+    _require_image_files(test_dir, classes, "data_root", remedy)
+
+    for split in values.get("covariate_splits", SCHEMA["covariate_splits"].default):
+        folder = root / split
+        found = _class_folders(folder, "covariate_splits")
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise ParameterError(
+                f"parameter 'covariate_splits': class folders in {folder} are not ID classes: "
+                f"{_shorten(extra)}. A covariate split may have folders for any of the {len(classes)} classes "
+                f"of {train_dir} but no others; rename the extra folders to ID class names or move them out "
+                f"of {folder}"
+            )
+        _require_image_files(folder, found, "covariate_splits", f"Add images to it, or move it out of {folder}.")
+
+    if "shots" in values and any(notebook in SCHEMA["shots"].notebooks for notebook in notebooks):
+        _check_shots(values["shots"], train_dir, classes)
+
+
+def _class_folders(folder: Path, name: str) -> list[str]:
+    """Return the class folder names in ``folder``; raise a ParameterError on parameter ``name`` if there are none."""
+    from dsenergy.data.folders import subfolder_names
+
+    classes = subfolder_names(folder)
+    if not classes:
+        raise ParameterError(f"parameter {name!r}: folder {folder} contains no class folders; "
+                             "benchmark 'folders' reads labelled splits as <split>/<class>/<image files>")
+    return classes
+
+
+def _require_image_files(folder: Path, classes: Iterable[str], name: str, remedy: str) -> None:
+    """Raise a ParameterError on parameter ``name`` for the first class folder in ``folder`` without an image file."""
+    from dsenergy.data.folders import IMAGE_EXTENSIONS, count_image_files
+
+    for class_name in classes:
+        if count_image_files(folder / class_name, limit=1) == 0:
+            raise ParameterError(
+                f"parameter {name!r}: class folder {folder / class_name} contains no image files (suffixes "
+                f"{' '.join(IMAGE_EXTENSIONS)}), but every class folder needs at least one image. {remedy}"
+            )
+
+
+def _check_shots(shots: int, train_dir: Path, classes: list[str]) -> None:
+    """Check that every class folder in ``train_dir`` has at least ``shots`` image files for the K-shot draw."""
+    from dsenergy.data.folders import count_image_files
+
+    counts = {class_name: count_image_files(train_dir / class_name, limit=shots) for class_name in classes}
+    too_small = sorted((count, class_name) for class_name, count in counts.items() if count < shots)
+    if not too_small:
+        return
+    listed = ", ".join(f"{class_name!r}: {count}" for count, class_name in too_small[:_LISTED_NAMES])
+    more = ", ..." if len(too_small) > _LISTED_NAMES else ""
+    raise ParameterError(
+        f"parameter 'shots' is {shots}, but {len(too_small)} of {len(classes)} class folders in {train_dir} "
+        f"have fewer image files (smallest first, class: count): {{{listed}{more}}}. K-shot training draws "
+        f"{shots} images per class, so set shots to at most {too_small[0][0]} or add images to those classes"
+    )
+
+
+def _shorten(names: list[str]) -> str:
+    """Format ``names``, cut to the first few, with their count."""
+    more = " ..." if len(names) > _LISTED_NAMES else ""
+    return f"{names[:_LISTED_NAMES]}{more} ({len(names)})"
 
 
 def validate_notebook(notebook: str, namespace: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,9 @@ class Workbench:
     ``benchmark="folders"`` reads your images under ``data_root``: ``id_train/<class>/``,
     ``id_test/<class>/`` and any other split as a path relative to ``data_root``. A split whose path
     starts with ``ood`` is read as OOD images (label -1, any depth), any other as class folders with
-    the ID class names.
+    the ID class names. ``id_test`` needs exactly the class folders of ``id_train``, while any other
+    labelled split (a covariate split) may have folders for only some of the ID classes, as ImageNet-R
+    or -A do; its labels still index all ID classes.
     """
 
     def __init__(
@@ -89,12 +91,16 @@ class Workbench:
                 raise FileNotFoundError(f"split folder {root} not found; with benchmark 'folders' every split is a "
                                         f"folder under data_root {self.data_root}")
             name = f"folders:{Path(self.data_root).name}/{split}"
+            # Executed notebooks would keep every tqdm refresh of the verify bar as output.
             if split.startswith("ood"):
-                dataset = ood_folder_dataset(root, name=name)
+                dataset = ood_folder_dataset(root, name=name, progress=False)
             elif split == "id_train":
-                dataset = image_folder_dataset(root, name=name)
+                dataset = image_folder_dataset(root, name=name, progress=False)
+            elif split == "id_test":
+                dataset = image_folder_dataset(root, class_names=self.class_names, name=name, progress=False)
             else:
-                dataset = image_folder_dataset(root, class_names=self.class_names, name=name)
+                dataset = image_folder_dataset(root, class_names=self.class_names, name=name, progress=False,
+                                               allow_missing_classes=True)
         self._datasets[split] = dataset
         return dataset
 

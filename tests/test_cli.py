@@ -130,3 +130,33 @@ def test_list_parameter_as_bare_string(tmp_path, caplog):
     assert main(["run", "-p", "ood_splits", "ood_near", "--out", str(out)]) == 2
     assert '-p ood_splits "[ood_near]"' in caplog.text
     assert not out.exists()
+
+
+def test_data_root_without_folders_benchmark(tmp_path, caplog):
+    out = tmp_path / "run"
+    (tmp_path / "bench").mkdir()
+    status = main(["run", "--smoke", "--only", "01", "-p", "data_root", str(tmp_path / "bench"), "--out", str(out)])
+
+    assert status == 2
+    assert "parameter 'data_root' is set to" in caplog.text
+    assert "add -p benchmark folders" in caplog.text
+    assert not out.exists()
+
+
+def test_shots_checked_against_folders(tmp_path, caplog):
+    from PIL import Image
+
+    for folder, count in (("id_train/cat", 3), ("id_train/dog", 5), ("id_test/cat", 1), ("id_test/dog", 1),
+                          ("ood/textures", 1), ("covariate/sketch/dog", 1)):
+        (tmp_path / "bench" / folder).mkdir(parents=True)
+        for index in range(count):
+            Image.new("RGB", (4, 4)).save(tmp_path / "bench" / folder / f"{index}.png")
+    out = tmp_path / "run"
+    status = main(["run", "--only", "04", "-p", "benchmark", "folders", "-p", "data_root", str(tmp_path / "bench"),
+                   "-p", "ood_splits", "[ood/textures]", "-p", "covariate_splits", "[covariate/sketch]",
+                   "-p", "top_c_values", "[1, 2]", "-p", "shots", "4", "--out", str(out)])
+
+    assert status == 2
+    assert "parameter 'shots' is 4, but 1 of 2 class folders" in caplog.text
+    assert "{'cat': 3}" in caplog.text
+    assert not out.exists()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dsenergy.data import csv_manifest_dataset, image_folder_dataset, ood_folder_dataset
+from dsenergy.data.folders import count_image_files
 
 
 def _write_image(path, value, suffix=".png"):
@@ -86,6 +88,73 @@ def test_class_names_cannot_select_subset(folder):
     assert "missing [" not in message
     assert "does not select a subset" in message
     assert "move them out of" in message
+    assert "allow_missing_classes=True" in message
+
+
+def test_missing_classes_allowed(folder, caplog):
+    class_names = ["ant", "cat", "dog", "eel", "fox"]
+    with caplog.at_level(logging.WARNING, logger="dsenergy.data.folders"):
+        dataset = image_folder_dataset(folder, class_names=class_names, allow_missing_classes=True)
+
+    assert dataset.class_names == class_names
+    assert np.bincount(dataset.labels, minlength=5).tolist() == [0, 2, 3, 0, 4]
+    assert all(path.parent.name == class_names[label] for path, label in dataset.samples)
+    assert "has folders for 3 of 5 classes; missing ['ant', 'eel'] (2)" in caplog.text
+
+
+def test_missing_classes_log_is_shortened(folder, caplog):
+    class_names = [f"class{i:02d}" for i in range(30)] + ["cat", "dog", "fox"]
+    with caplog.at_level(logging.WARNING, logger="dsenergy.data.folders"):
+        image_folder_dataset(folder, class_names=class_names, allow_missing_classes=True)
+
+    assert "missing ['class00', 'class01'," in caplog.text
+    assert "'class19'] ... (30)" in caplog.text
+    assert "class20" not in caplog.text
+
+
+def test_missing_classes_none_missing_is_quiet(folder, caplog):
+    with caplog.at_level(logging.WARNING, logger="dsenergy.data.folders"):
+        dataset = image_folder_dataset(folder, class_names=["fox", "cat", "dog"], allow_missing_classes=True)
+
+    assert np.bincount(dataset.labels).tolist() == [4, 2, 3]
+    assert "missing" not in caplog.text
+
+
+def test_missing_classes_rejects_extra(folder):
+    with pytest.raises(ValueError) as error:
+        image_folder_dataset(folder, class_names=["cat", "dog", "owl"], allow_missing_classes=True)
+    message = str(error.value)
+
+    assert "are not in class_names: ['fox'] (1)" in message
+    assert "any subset of class_names but no others" in message
+
+
+def test_missing_classes_needs_class_names(folder):
+    with pytest.raises(ValueError, match="allow_missing_classes=True needs class_names"):
+        image_folder_dataset(folder, allow_missing_classes=True)
+
+
+def test_missing_classes_without_any_folder(tmp_path):
+    (tmp_path / "sketch").mkdir()
+    with pytest.raises(ValueError, match="sketch contains no class folders"):
+        image_folder_dataset(tmp_path / "sketch", class_names=["cat"], allow_missing_classes=True)
+
+
+def test_missing_classes_empty_folder_is_an_error(folder):
+    (folder / "owl").mkdir()
+    with pytest.raises(ValueError, match="owl contains no image files"):
+        image_folder_dataset(folder, class_names=["cat", "dog", "fox", "owl", "yak"], allow_missing_classes=True)
+
+
+def test_count_image_files(folder):
+    (folder / "dog" / ".hidden.png").write_bytes(b"hidden")
+    (folder / "dog" / "UPPER.PNG").write_bytes(b"counted by suffix, never opened")
+    _write_image(folder / "dog" / "nested" / "deep", 1)
+
+    assert count_image_files(folder / "dog") == 4
+    assert count_image_files(folder / "dog", limit=2) == 2
+    assert count_image_files(folder / "dog", limit=9) == 4
+    assert len(image_folder_dataset(folder, verify=False).samples) == 2 + 4 + 4
 
 
 def test_duplicate_class_names_rejected(folder):
@@ -192,6 +261,15 @@ def test_identity_tracks_file_list(folder):
 
     assert first == second
     assert first != third
+
+
+def test_identity_tracks_rewritten_image(folder):
+    first = image_folder_dataset(folder).identity
+    image = next((folder / "cat").iterdir())
+    status = image.stat()
+    # Same size, new modification time: the image was rewritten in place.
+    os.utime(image, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    assert image_folder_dataset(folder).identity != first
 
 
 def test_hidden_files_and_folders_ignored(folder):

@@ -246,12 +246,32 @@ def test_validate_top_c_against_class_count(values, message):
     assert params.validate({name: at_limit})[name] == at_limit
 
 
+def write_layout(root: Path, counts: dict[str, int]) -> Path:
+    """Write ``count`` small PNG images into each folder of ``counts`` (a path relative to ``root``)."""
+    from PIL import Image
+
+    for folder, count in counts.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            Image.new("RGB", (4, 4), (index, 0, 0)).save(root / folder / f"{index}.png")
+    return root
+
+
+#: A small benchmark-'folders' layout: two ID classes with 3 training images each.
+LAYOUT = {"id_train/cat": 3, "id_train/dog": 3, "id_test/cat": 1, "id_test/dog": 1,
+          "ood/textures": 1, "covariate/sketch/cat": 1}
+
+
+def folder_values(root: Path, **overrides) -> dict:
+    """Return parameters that select benchmark 'folders' on ``root`` with its ood/textures and covariate/sketch."""
+    return {"benchmark": "folders", "data_root": str(root), "ood_splits": ["ood/textures"],
+            "covariate_splits": ["covariate/sketch"], **overrides}
+
+
 def test_validate_top_c_against_class_folders(tmp_path):
-    for folder in ("id_train/cat", "id_train/dog", "id_test/cat", "id_test/dog", "id_test/.hidden",
-                   "ood/textures", "covariate/sketch"):
-        (tmp_path / folder).mkdir(parents=True)
-    values = {"benchmark": "folders", "data_root": str(tmp_path), "ood_splits": ["ood/textures"],
-              "covariate_splits": ["covariate/sketch"], "top_c_values": [1, 2]}
+    write_layout(tmp_path, {**LAYOUT, "covariate/sketch/dog": 1})
+    (tmp_path / "id_test" / ".hidden").mkdir()
+    values = folder_values(tmp_path, top_c_values=[1, 2], shots=1)
     assert params.validate({**values, "top_c": 2})["top_c"] == 2
     with pytest.raises(params.ParameterError, match="parameter 'top_c' is 3, but .*id_test has 2 ID classes"):
         params.validate({**values, "top_c": 3})
@@ -290,10 +310,10 @@ def test_validate_accepts_existing_weights_sources(tmp_path):
 
 def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     (tmp_path / "weights.pt").write_bytes(b"not inspected before loading")
-    (tmp_path / "images").mkdir()
+    write_layout(tmp_path / "images", LAYOUT)
     monkeypatch.chdir(tmp_path)
 
-    values = params.validate({"pretrained": "weights.pt", "data_root": "images"}, warn_unused=False)
+    values = params.validate({**folder_values(Path("images")), "pretrained": "weights.pt"}, warn_unused=False)
 
     assert values["pretrained"] == str(tmp_path.resolve() / "weights.pt")
     assert values["data_root"] == str(tmp_path.resolve() / "images")
@@ -315,13 +335,135 @@ def test_validate_converts_values():
 
 
 def test_validate_folders_layout(tmp_path):
-    for folder in ("id_train/cat", "id_test/cat", "ood/textures", "covariate/sketch"):
-        (tmp_path / folder).mkdir(parents=True)
-    values = {"benchmark": "folders", "data_root": str(tmp_path), "ood_splits": ["ood/textures"],
-              "covariate_splits": ["covariate/sketch"]}
+    write_layout(tmp_path, LAYOUT)
+    values = folder_values(tmp_path)
     assert params.validate(values)["data_root"] == str(tmp_path)
     with pytest.raises(params.ParameterError, match="covariate/missing"):
         params.validate({**values, "covariate_splits": ["covariate/missing"]})
+
+
+def test_data_root_needs_folders_benchmark(tmp_path):
+    for benchmark in ({}, {"benchmark": "fashion-open"}):
+        with pytest.raises(params.ParameterError) as error:
+            params.validate({"data_root": str(tmp_path), **benchmark})
+        message = str(error.value)
+        assert f"parameter 'data_root' is set to {str(tmp_path)!r}" in message
+        assert "add -p benchmark folders" in message
+        assert "or drop data_root" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "split", "hinted"),
+    [
+        ("ood_splits", "ood/textures", True),
+        ("ood_splits", "ood_textures/", True),
+        ("ood_splits", "ood\\textures", True),
+        ("covariate_splits", "covariate/sketch", True),
+        ("covariate_splits", "covariate/sketch/photos/2", True),
+        ("covariate_splits", "covariate/fog/2", False),
+        ("ood_splits", "ood_nearby", False),
+    ],
+)
+def test_fashion_open_split_folder_hint(name, split, hinted):
+    with pytest.raises(params.ParameterError) as error:
+        params.validate({name: [split]})
+    message = str(error.value)
+
+    assert f"fashion-open has no split {split!r}" in message
+    assert ("add -p benchmark folders -p data_root DIR" in message) == hinted
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"id_test/fox": 1},
+         r"parameter 'data_root': class folders in .*id_test do not match the expected classes: extra \['fox'\] "
+         r"\(1\)\. id_test needs the same class folders as .*id_train"),
+        ({"id_train/fox": 3},
+         r"class folders in .*id_test do not match the expected classes: missing \['fox'\] \(1\)"),
+        ({"covariate/sketch/wolf": 1, "covariate/sketch/fox": 1},
+         r"parameter 'covariate_splits': class folders in .*covariate/sketch are not ID classes: "
+         r"\['fox', 'wolf'\] \(2\)\. A covariate split may have folders for any of the 2 classes"),
+        ({"id_train/owl": 3, "id_test/owl": 0},
+         r"parameter 'data_root': class folder .*id_test/owl contains no image files .* remove the class from both"),
+        ({"covariate/sketch/dog": 0},
+         r"parameter 'covariate_splits': class folder .*covariate/sketch/dog contains no image files"),
+    ],
+)
+def test_validate_folders_class_problems(tmp_path, change, message):
+    write_layout(tmp_path, {**LAYOUT, **change})
+
+    with pytest.raises(params.ParameterError, match=message):
+        params.validate(folder_values(tmp_path))
+
+
+@pytest.mark.parametrize("split", ["id_train", "id_test", "covariate/sketch"])
+def test_validate_folders_without_class_folders(tmp_path, split):
+    write_layout(tmp_path, LAYOUT)
+    for folder in (tmp_path / split).iterdir():
+        folder.rename(tmp_path / f"moved-{folder.name}")
+    name = "covariate_splits" if split.startswith("covariate") else "data_root"
+
+    with pytest.raises(params.ParameterError, match=f"parameter '{name}': folder .*{split} contains no class folders"):
+        params.validate(folder_values(tmp_path))
+
+
+def test_validate_covariate_class_subset(tmp_path):
+    write_layout(tmp_path, LAYOUT)
+    assert sorted(p.name for p in (tmp_path / "covariate" / "sketch").iterdir()) == ["cat"]
+    assert params.validate(folder_values(tmp_path))["covariate_splits"] == ["covariate/sketch"]
+
+
+def test_validate_shots_against_class_folders(tmp_path):
+    write_layout(tmp_path, {**LAYOUT, "id_train/ant": 2, "id_test/ant": 1, "id_train/bee": 5, "id_test/bee": 1})
+    (tmp_path / "id_train" / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "id_train" / "cat" / ".hidden.png").write_bytes(b"hidden file")
+    values = folder_values(tmp_path)
+
+    assert params.validate({**values, "shots": 2})["shots"] == 2
+    with pytest.raises(params.ParameterError) as error:
+        params.validate({**values, "shots": 4})
+    message = str(error.value)
+    assert "parameter 'shots' is 4, but 3 of 4 class folders in" in message
+    assert "{'ant': 2, 'cat': 3, 'dog': 3}" in message
+    assert "set shots to at most 2" in message
+
+
+def test_validate_shots_only_where_used(tmp_path):
+    write_layout(tmp_path, LAYOUT)
+    values = folder_values(tmp_path, shots=50)
+
+    assert params.validate(values, ["01_energy_change"], warn_unused=False)["shots"] == 50
+    with pytest.raises(params.ParameterError, match="parameter 'shots' is 50"):
+        params.validate(values, ["04_finetune"])
+
+
+def test_validate_notebook_checks_folders(tmp_path):
+    write_layout(tmp_path, LAYOUT)
+    namespace = {**params.defaults("04_finetune"), **folder_values(tmp_path, top_c_values=[1, 2])}
+
+    with pytest.raises(params.ParameterError, match="parameter 'shots' is 16, but 2 of 2 class folders"):
+        params.validate_notebook("04_finetune", namespace)
+    namespace["shots"] = 3
+    assert params.validate_notebook("04_finetune", namespace)["shots"] == 3
+
+
+def test_runner_checks_folders_first(tmp_path):
+    write_layout(tmp_path / "data", {**LAYOUT, "id_test/fox": 1})
+    out = tmp_path / "run"
+
+    with pytest.raises(params.ParameterError, match=r"extra \['fox'\]"):
+        run_notebooks(folder_values(tmp_path / "data"), only="01", out_dir=out, progress=False)
+    assert not out.exists()
+
+
+def test_runner_checks_shots_default(tmp_path):
+    write_layout(tmp_path / "data", LAYOUT)
+    out = tmp_path / "run"
+
+    with pytest.raises(params.ParameterError, match="parameter 'shots' is 16"):
+        run_notebooks(folder_values(tmp_path / "data"), only="04", out_dir=out, progress=False)
+    assert not out.exists()
 
 
 def test_cli_values_parse_as_yaml():

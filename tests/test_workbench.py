@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import select
+import struct
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -48,3 +55,89 @@ def test_workbench_reads_user_folders(tmp_path):
     assert bench.similarities(features).shape == (4, 2)
     with pytest.raises(FileNotFoundError, match="ood/missing"):
         bench.dataset("ood/missing")
+
+
+def write_images(root, counts):
+    """Write ``count`` random 28×28 PNG images into each folder of ``counts`` (relative to ``root``)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, count in counts.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(root / folder / f"{index}.png")
+
+
+def test_covariate_split_with_class_subset(tmp_path, caplog):
+    write_images(tmp_path, {"id_train/sandal": 2, "id_train/bag": 2, "id_train/dress": 2, "id_test/sandal": 1,
+                            "id_test/bag": 1, "id_test/dress": 1, "covariate/sketch/sandal": 3})
+    bench = Workbench("dsenergy-demo", benchmark="folders", data_root=str(tmp_path), device="cpu")
+    with caplog.at_level("WARNING", logger="dsenergy.data.folders"):
+        features, labels = bench.features("covariate/sketch")
+
+    assert bench.class_names == ["bag", "dress", "sandal"]
+    assert labels.tolist() == [2, 2, 2]
+    assert bench.similarities(features).shape == (3, 3)
+    assert "has folders for 1 of 3 classes; missing ['bag', 'dress'] (2)" in caplog.text
+
+
+def test_id_test_needs_every_class(tmp_path):
+    write_images(tmp_path, {"id_train/sandal": 2, "id_train/bag": 2, "id_test/sandal": 1})
+    bench = Workbench("dsenergy-demo", benchmark="folders", data_root=str(tmp_path), device="cpu")
+
+    with pytest.raises(ValueError, match=r"id_test do not match the expected classes: missing \['bag'\]"):
+        bench.dataset("id_test")
+
+
+def read_terminal_output(script, timeout=120.0):
+    """Run ``script`` in a Python subprocess whose stdout and stderr are a pseudo-terminal; return what it wrote."""
+    import fcntl
+    import termios
+
+    leader, follower = os.openpty()
+    # A new pseudo-terminal is 0 columns wide, and tqdm draws nothing on a terminal that narrow.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=follower,
+                               stderr=follower)
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the subprocess has exited and closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+    assert process.wait(timeout=10) == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_folder_datasets_show_no_progress_bar(tmp_path):
+    write_images(tmp_path, {"id_train/sandal": 2, "id_train/bag": 2, "id_test/sandal": 1, "id_test/bag": 1,
+                            "ood/textures": 2, "covariate/sketch/bag": 1})
+    script = (
+        "from dsenergy.data.folders import image_folder_dataset\n"
+        "from dsenergy.workbench import Workbench\n"
+        f"image_folder_dataset({str(tmp_path / 'id_train')!r}, name='control')\n"
+        f"bench = Workbench('dsenergy-demo', benchmark='folders', data_root={str(tmp_path)!r}, device='cpu')\n"
+        "for split in ('id_test', 'ood/textures', 'covariate/sketch'):\n"
+        "    bench.dataset(split)\n"
+        "print('datasets built')\n"
+    )
+    output = read_terminal_output(script)
+
+    assert "datasets built" in output
+    assert "verify control" in output  # tqdm draws the bar on a terminal unless progress=False
+    assert "verify folders:" not in output
+

@@ -8,7 +8,8 @@ Bad input is handled the same way by every loader here:
   needs at least one image;
 - a class set that differs from the expected one raises ``ValueError`` listing the missing and extra
   classes. A class list sets the label order and must match the folders exactly, so it cannot select a
-  subset of them;
+  subset of them. ``image_folder_dataset(..., allow_missing_classes=True)`` accepts folders for only
+  some of the listed classes (as in ImageNet-R or -A), and still rejects extra folders;
 - unreadable images are dropped, with a logged count, when the index is built (``verify=True``, the
   default; :class:`ImageFileDataset` describes the check). An image that fails to decode in
   ``__getitem__`` is replaced by a mid-gray 224×224 placeholder with the original label, so an epoch
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ __all__ = [
     "ImageFileDataset",
     "check_class_names",
     "class_folder_samples",
+    "count_image_files",
     "csv_manifest_dataset",
     "image_folder_dataset",
     "ood_folder_dataset",
@@ -77,7 +80,8 @@ class ImageFileDataset(Dataset):
         samples: list of (path, label); label -1 marks OOD images.
         labels: int64 array of the labels.
         class_names: names that the labels index.
-        identity: name plus a hash of the relative paths, labels and file sizes, for cache keys.
+        identity: name plus a hash of the relative paths, labels, file sizes and modification times,
+            for cache keys.
         ood_labels / ood_class_names: the OOD data's own classes, when known.
         verified: whether the files were checked when the index was built.
         decode_failures: number of ``__getitem__`` calls that served a placeholder.
@@ -220,13 +224,20 @@ def _ends_with(path: Path, suffix: bytes) -> bool:
 
 
 def _samples_sha256(samples: Iterable[tuple[Path, int]], root: Path) -> str:
+    """Hash relative paths, labels, sizes and modification times, so that an edited image changes the hash.
+
+    Reading every image to hash its pixels would cost as much as decoding it; the modification time
+    catches an image rewritten with the same size, at the price of a new hash after a copy that does
+    not keep times.
+    """
     digest = hashlib.sha256()
     for path, label in samples:
         try:
             relative = path.relative_to(root).as_posix()
         except ValueError:
             relative = path.as_posix()
-        digest.update(f"{relative}\t{label}\t{path.stat().st_size}\n".encode())
+        status = path.stat()
+        digest.update(f"{relative}\t{label}\t{status.st_size}\t{status.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -247,6 +258,24 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
     return sorted(
         p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS and not _is_hidden(p, folder) and p.is_file()
     )
+
+
+def count_image_files(folder: Path, limit: int | None = None) -> int:
+    """Count the image files directly in ``folder`` by suffix, skipping hidden names, without opening them.
+
+    The count matches the files that :func:`class_folder_samples` lists (not recursive). Counting stops
+    at ``limit`` when it is given, so ``limit=1`` is enough to find out whether the folder has any image.
+    """
+    count = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if entry.is_file():
+                count += 1
+                if limit is not None and count >= limit:
+                    break
+    return count
 
 
 def subfolder_names(root: Path) -> list[str]:
@@ -312,6 +341,7 @@ def image_folder_dataset(
     verify: bool = True,
     name: str | None = None,
     progress: bool | None = None,
+    allow_missing_classes: bool = False,
 ) -> ImageFileDataset:
     """Read ``root/<class>/<image>``; classes are the sorted folder names unless ``class_names`` fixes them.
 
@@ -319,7 +349,8 @@ def image_folder_dataset(
         root: folder with one subfolder per class. Names starting with a dot are ignored.
         class_names: the class folders in label order. It must name every class folder exactly, because
             it sets the label order and does not select a subset. A missing or extra folder raises
-            ``ValueError``. To leave a class out, move its folder out of ``root``.
+            ``ValueError``, unless ``allow_missing_classes`` accepts the missing ones. To leave a class
+            out, move its folder out of ``root``.
         transform: applied to each RGB PIL image.
         verify: check every file with PIL when the index is built and drop the unreadable ones, with a
             logged count (see :class:`ImageFileDataset` for what the check covers). With False, no file
@@ -327,6 +358,10 @@ def image_folder_dataset(
             placeholder with its label, whose features enter the results.
         name: dataset name for logs and ``identity``; default ``folder:<root name>``.
         progress: show the verify progress bar. None leaves it to tqdm (shown on a terminal only).
+        allow_missing_classes: accept class folders for only some of ``class_names``, as in test sets
+            such as ImageNet-R or -A that cover a subset of the classes. Labels still index the full
+            ``class_names``, a folder that is not in ``class_names`` still raises ``ValueError``, and
+            the missing classes are logged as a warning. Requires ``class_names``.
 
     Every class folder must contain at least one image, also with ``verify=False``. An empty one raises
     ``ValueError``.
@@ -336,28 +371,69 @@ def image_folder_dataset(
     _require_dir(root, layout)
     folders = subfolder_names(root)
     if class_names is None:
+        if allow_missing_classes:
+            raise ValueError(
+                "allow_missing_classes=True needs class_names, the full class list that the labels index; "
+                f"pass class_names for {root}, or drop allow_missing_classes to use its folder names"
+            )
         if not folders:
             raise ValueError(f"{root} contains no class folders; expected the layout {layout}")
         class_names = folders
+        present = folders
         empty_remedy = f"Add images to it, or move it out of {root} to leave the class out."
     else:
         class_names = list(class_names)
         duplicates = sorted({c for c in class_names if class_names.count(c) > 1})
         if duplicates:
             raise ValueError(f"class_names lists {duplicates} more than once; name each class folder once")
-        check_class_names(
-            folders, class_names, str(root),
-            remedy=(
-                "class_names must name every class folder exactly, because it sets the label order and does "
-                f"not select a subset. Add the extra folders to class_names or move them out of {root}, and "
-                "create a folder for each missing class."
-            ),
-        )
+        if allow_missing_classes:
+            present = _present_classes(root, folders, class_names, layout)
+        else:
+            check_class_names(
+                folders, class_names, str(root),
+                remedy=(
+                    "class_names must name every class folder exactly, because it sets the label order and "
+                    f"does not select a subset. Add the extra folders to class_names or move them out of {root}, "
+                    "and create a folder for each missing class, or pass allow_missing_classes=True when the "
+                    "split covers only some of the classes."
+                ),
+            )
+            present = class_names
         empty_remedy = f"Add images to it, or move it out of {root} and drop the class from class_names."
-    samples = class_folder_samples(root, class_names, layout, remedy=empty_remedy)
+
+    label_of = {class_name: label for label, class_name in enumerate(class_names)}
+    samples = [
+        (path, label_of[present[position]])
+        for path, position in class_folder_samples(root, present, layout, remedy=empty_remedy)
+    ]
     return ImageFileDataset(
         samples, class_names, name or f"folder:{root.name}", root, transform, verify, progress=progress
     )
+
+
+def _present_classes(root: Path, folders: Sequence[str], class_names: Sequence[str], layout: str) -> list[str]:
+    """Return the classes of ``class_names`` that have a folder, in label order; raise on extra or no folders.
+
+    The missing classes are logged as a warning with their count and the first names.
+    """
+    extra = sorted(set(folders) - set(class_names))
+    if extra:
+        raise ValueError(
+            f"class folders in {root} are not in class_names: {_format_names(extra)}. With "
+            "allow_missing_classes=True the class folders may be any subset of class_names but no others; "
+            f"rename or move the extra folders out of {root}, or add them to class_names."
+        )
+    if not folders:
+        raise ValueError(f"{root} contains no class folders; expected the layout {layout}")
+    folder_set = set(folders)
+    present = [class_name for class_name in class_names if class_name in folder_set]
+    missing = [class_name for class_name in class_names if class_name not in folder_set]
+    if missing:
+        logger.warning(
+            "%s has folders for %d of %d classes; missing %s. Labels still index all %d classes.",
+            root, len(present), len(class_names), _format_names(missing), len(class_names),
+        )
+    return present
 
 
 def ood_folder_dataset(
