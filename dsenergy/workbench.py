@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -13,6 +14,9 @@ from dsenergy.models import build_zero_shot_classifier, load_clip, resolve_devic
 __all__ = ["Workbench"]
 
 logger = logging.getLogger(__name__)
+
+# ImageNet folder names: "n" and eight digits, e.g. n01440764.
+_WNID = re.compile(r"n\d{8}")
 
 
 class Workbench:
@@ -25,7 +29,9 @@ class Workbench:
     starts with ``ood`` is read as OOD images (label -1, any depth), any other as class folders with
     the ID class names. ``id_test`` needs exactly the class folders of ``id_train``, while any other
     labelled split (a covariate split) may have folders for only some of the ID classes, as ImageNet-R
-    or -A do; its labels still index all ID classes.
+    or -A do; its labels still index all ID classes. ``folder_names`` are the class folders;
+    ``class_names``, which the prompts use, are the same unless the folders are ImageNet wnids, which
+    are replaced by open_clip's ImageNet class names.
     """
 
     def __init__(
@@ -47,7 +53,8 @@ class Workbench:
         self._datasets: dict[str, Any] = {}
         self.device = resolve_device(device)
         self.bundle = load_clip(model, pretrained, device=self.device)
-        self.class_names = self._class_names()
+        self.folder_names = self._folder_names()
+        self.class_names = self._prompt_names(self.folder_names)
         self.classifier = build_zero_shot_classifier(self.bundle, self.class_names, self._templates())
         logger.info("workbench: model %s (%s), %d classes, τ = %.4g, device %s", model, self.bundle.weights_id,
                     len(self.class_names), self.temperature, self.device)
@@ -57,12 +64,33 @@ class Workbench:
         """The model's own temperature τ = 1 / logit_scale."""
         return self.classifier.temperature
 
-    def _class_names(self) -> list[str]:
+    def _folder_names(self) -> list[str]:
         if self.benchmark == "fashion-open":
             from dsenergy.data.fashion_open import FASHION_ID_CLASSES
 
             return list(FASHION_ID_CLASSES)
         return list(self.dataset("id_train").class_names)
+
+    def _prompt_names(self, folder_names: list[str]) -> list[str]:
+        """Return the class names that prompts use: open_clip's ImageNet names for wnid folders, else the folder names."""
+        if not folder_names or not all(_WNID.fullmatch(name) for name in folder_names):
+            return list(folder_names)
+        from dsenergy.data.protocols import imagenet_class_names, imagenet_wnids
+
+        try:
+            position = {wnid: index for index, wnid in enumerate(imagenet_wnids())}
+        except ValueError as error:
+            logger.warning("class folders look like ImageNet wnids, but their names are unknown (%s); "
+                           "prompts use the folder names", error)
+            return list(folder_names)
+        unknown = [name for name in folder_names if name not in position]
+        if unknown:
+            logger.warning("class folders look like ImageNet wnids, but %d are not ImageNet-1k wnids (e.g. %s); "
+                           "prompts use the folder names", len(unknown), unknown[:3])
+            return list(folder_names)
+        names = imagenet_class_names()
+        logger.info("class folders are ImageNet wnids; prompts use open_clip's ImageNet class names")
+        return [names[position[name]] for name in folder_names]
 
     def _templates(self) -> list[Any]:
         from dsenergy.demo import DEMO_MODEL_NAME, DEMO_TEMPLATES
@@ -97,9 +125,9 @@ class Workbench:
             elif split == "id_train":
                 dataset = image_folder_dataset(root, name=name, progress=False)
             elif split == "id_test":
-                dataset = image_folder_dataset(root, class_names=self.class_names, name=name, progress=False)
+                dataset = image_folder_dataset(root, class_names=self.folder_names, name=name, progress=False)
             else:
-                dataset = image_folder_dataset(root, class_names=self.class_names, name=name, progress=False,
+                dataset = image_folder_dataset(root, class_names=self.folder_names, name=name, progress=False,
                                                allow_missing_classes=True)
         self._datasets[split] = dataset
         return dataset

@@ -81,6 +81,24 @@ def test_covariate_split_with_class_subset(tmp_path, caplog):
     assert "has folders for 1 of 3 classes; missing ['bag', 'dress'] (2)" in caplog.text
 
 
+def test_wnid_folders_get_imagenet_names(tmp_path):
+    write_images(tmp_path, {"id_train/n01443537": 1, "id_train/n01440764": 1, "id_test/n01443537": 1,
+                            "id_test/n01440764": 1, "covariate/sketch/n01440764": 1})
+    bench = Workbench("dsenergy-demo", benchmark="folders", data_root=str(tmp_path), device="cpu")
+
+    assert bench.folder_names == ["n01440764", "n01443537"]
+    assert bench.class_names == ["tench", "goldfish"]
+    assert bench.classifier.class_names == ["tench", "goldfish"]
+    assert bench.features("covariate/sketch")[1].tolist() == [0]
+
+
+def test_unknown_wnids_keep_folder_names(tmp_path):
+    write_images(tmp_path, {"id_train/n00000001": 1, "id_train/n01440764": 1, "id_test/n00000001": 1,
+                            "id_test/n01440764": 1})
+    bench = Workbench("dsenergy-demo", benchmark="folders", data_root=str(tmp_path), device="cpu")
+    assert bench.class_names == ["n00000001", "n01440764"]
+
+
 def test_id_test_needs_every_class(tmp_path):
     write_images(tmp_path, {"id_train/sandal": 2, "id_train/bag": 2, "id_test/sandal": 1})
     bench = Workbench("dsenergy-demo", benchmark="folders", data_root=str(tmp_path), device="cpu")
