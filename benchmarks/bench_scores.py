@@ -2,7 +2,9 @@
 
 Both scores run on the same float32 tensor in the same process, alternating, after a warm-up.
 The ratio is the median ΔEnergy time over the median energy time; the target is at most 1.5.
-Writes ``benchmarks/results/scores.json``.
+
+Run: ``python benchmarks/bench_scores.py [--num-samples 100000] [--num-classes 1000] [--repeats 7] [--out FILE]``;
+writes ``benchmarks/results/scores.json`` by default.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from dsenergy import scores
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS_PATH = Path(__file__).resolve().parent / "results" / "scores.json"
 
 
 def time_call(fn, *args, **kwargs) -> float:
@@ -27,13 +30,30 @@ def time_call(fn, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--num-samples", type=int, default=100_000)
-    parser.add_argument("--num-classes", type=int, default=1_000)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Time the scores, print the ratios, write the JSON record and return it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--num-samples", type=int, default=100_000, help="rows N of the similarity matrix (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=1_000, help="classes K, the columns of the matrix (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timed calls per score after one warm-up call (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(),
+        help="torch intra-op CPU threads (default: torch's current setting, %(default)s here)",
+    )
+    parser.add_argument(
+        "--out", default=str(RESULTS_PATH),
+        help="JSON result file (default: benchmarks/results/scores.json, the committed record)",
+    )
+    args = parser.parse_args(argv)
+    for option in ("num_samples", "num_classes", "repeats", "threads"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     torch.set_num_threads(args.threads)
 
     generator = torch.Generator().manual_seed(0)
@@ -74,8 +94,11 @@ def main() -> None:
     print(f"ratio ΔEnergy(c=1) / energy: {report['ratio_delta_energy_c1_to_energy']:.2f} (target ≤ 1.5)")
     print(f"ratio ΔEnergy(c=5) / energy: {report['ratio_delta_energy_c5_to_energy']:.2f}")
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scores.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return report
 
 
 if __name__ == "__main__":

@@ -154,6 +154,9 @@ class PromptLearner(nn.Module):
             :math:`\mathcal N(0, 0.02^2)` initialisation.
         class_specific: learn one context per class instead of one shared context.
         seed: seed of the random initialisation (a private generator; global RNG untouched).
+        context_vectors: initial values of the context vectors, e.g. saved ones, in place of the
+            phrase or random initialisation; their shape must match ``n_ctx`` (or the phrase's
+            token count), ``class_specific`` and the text tower's width.
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class PromptLearner(nn.Module):
         ctx_init: str | None = None,
         class_specific: bool = False,
         seed: int = 0,
+        context_vectors: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         class_names = [str(name).replace("_", " ") for name in class_names]
@@ -226,6 +230,14 @@ class PromptLearner(nn.Module):
                 shape = (len(self.class_names), self.n_ctx, embedding.embedding_dim) if self.class_specific else (self.n_ctx, embedding.embedding_dim)
                 generator = torch.Generator().manual_seed(seed)
                 initial = torch.randn(shape, generator=generator) * 0.02
+        if context_vectors is not None:
+            if tuple(context_vectors.shape) != tuple(initial.shape):
+                raise ValueError(
+                    f"context_vectors has shape {tuple(context_vectors.shape)}, but {len(self.class_names)} classes "
+                    f"with n_ctx={self.n_ctx}, class_specific={self.class_specific} and context width "
+                    f"{embedding.embedding_dim} need shape {tuple(initial.shape)}"
+                )
+            initial = context_vectors.detach().float()
 
         # Under a causal mask the pooled token attends to no later position, so the padding after the
         # last pooled token can be dropped exactly. This cuts the text tower's cost by about 77 / L.
@@ -237,12 +249,18 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_ids", token_ids, persistent=False)
         self.register_buffer("token_prefix", embedded[:, :start].clone(), persistent=False)
         self.register_buffer("token_suffix", embedded[:, start + self.n_ctx :].clone(), persistent=False)
+        if context_vectors is not None:
+            origin = "given values"
+        elif self.ctx_init:
+            origin = f"initialised from {self.ctx_init!r}"
+        else:
+            origin = f"N(0, 0.02^2) seed {seed}"
         logger.info(
             "prompt learner: %d classes, %d context vectors (%s, %s), context width %d, %d of %d token positions",
             len(self.class_names),
             self.n_ctx,
             "class-specific" if self.class_specific else "generic",
-            f"initialised from {self.ctx_init!r}" if self.ctx_init else f"N(0, 0.02^2) seed {seed}",
+            origin,
             embedding.embedding_dim,
             self.active_length,
             parts.context_length,

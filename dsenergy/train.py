@@ -35,14 +35,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 import logging
 import math
 import numbers
 import os
+import pickle
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,18 +53,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
+from dsenergy._atomic import write_atomically, write_text_atomically
 from dsenergy.losses import combined_loss
-from dsenergy.prompts import PromptLearner
+from dsenergy.prompts import PromptLearner, text_tower_parts
 
 __all__ = [
     "METHODS",
     "TrainConfig",
     "TrainResult",
+    "ResumeError",
     "train_prompts",
     "learning_rate_factor",
+    "steps_per_epoch",
     "save_prompt_learner",
     "load_prompt_learner",
     "CHECKPOINT_NAME",
@@ -78,7 +82,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 PROMPT_LEARNER_NAME = "prompt_learner.pt"
 HISTORY_NAME = "history.json"
 _CHECKPOINT_FORMAT = 1
+_CHECKPOINT_KEYS = ("epoch", "context_vectors", "optimizer", "scheduler", "scaler", "rng", "history", "config", "class_names")
+_PROMPT_LEARNER_KEYS = ("context_vectors", "class_names", "n_ctx", "ctx_init", "class_specific")
 _ZEROSHOT_PHRASE = "a photo of a"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Config fields that do not change the trained weights, so resuming may change them.
 _RESUME_FREE_FIELDS = {"resume", "output_dir", "num_workers", "progress"}
@@ -91,7 +98,7 @@ class TrainConfig:
     Allowed values, checked by :meth:`validate`:
 
     - ``method`` in :data:`METHODS`, ``input_mode`` ``"features"`` or ``"images"``, ``bound``
-      ``"lower"`` or ``"exact"``.
+      ``"lower"`` or ``"exact"``, ``ctx_init`` ``None`` or a phrase that is not blank.
     - Whole numbers: ``epochs ≥ 0`` (0 returns the initial context), ``batch_size ≥ 1``,
       ``warmup_epochs ≥ 0``, ``top_c ≥ 1``, ``n_ctx ≥ 1`` (any value when ``ctx_init`` sets the
       context), ``num_workers ≥ 0`` and any ``seed``.
@@ -126,14 +133,18 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
 
-    def validate(self) -> "TrainConfig":
-        """Check every field and return a copy with ``method`` applied (``coop`` forces ``λ = 0``)."""
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r} is unknown; choose one of {METHODS}")
-        if self.input_mode not in INPUT_MODES:
-            raise ValueError(f"input_mode {self.input_mode!r} is unknown; choose one of {INPUT_MODES}")
-        if self.bound not in ("lower", "exact"):
-            raise ValueError(f"bound {self.bound!r} is unknown; choose 'lower' or 'exact'")
+    def invalid_fields(self) -> list[tuple[str, Any, str]]:
+        """Return ``(field, value, expected)`` for every field outside its allowed values, without logging."""
+        problems: list[tuple[str, Any, str]] = []
+        choices = {"method": METHODS, "input_mode": INPUT_MODES, "bound": ("lower", "exact")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append((name, getattr(self, name), f"one of {', '.join(map(repr, allowed))}"))
+
+        ctx_init = self.ctx_init
+        if ctx_init is not None and (not isinstance(ctx_init, str) or not ctx_init.strip()):
+            problems.append(("ctx_init", ctx_init, "a non-empty phrase such as 'a photo of a', or no phrase for random initialisation"))
+
         whole_numbers = {
             "epochs": (0, "a whole number ≥ 0"),
             "batch_size": (1, "a whole number ≥ 1"),
@@ -151,17 +162,16 @@ class TrainConfig:
             "weight_decay": (lambda value: value >= 0, "a number ≥ 0"),
             "crop_value": (math.isfinite, "a finite number"),
         }
-        problems = []
         for name, (minimum, rule) in whole_numbers.items():
             value = getattr(self, name)
             is_whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
             if not is_whole or (minimum is not None and value < minimum):
-                problems.append(f"{name}={value!r} (expected {rule})")
+                problems.append((name, value, rule))
         for name, (accept, rule) in real_numbers.items():
             value = getattr(self, name)
             is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
             if not is_number or not math.isfinite(value) or not accept(value):
-                problems.append(f"{name}={value!r} (expected {rule})")
+                problems.append((name, value, rule))
         temperature = self.temperature
         if temperature is not None and (
             isinstance(temperature, bool)
@@ -169,9 +179,17 @@ class TrainConfig:
             or not math.isfinite(temperature)
             or temperature <= 0
         ):
-            problems.append(f"temperature={temperature!r} (expected a number > 0, or None for the model's own)")
+            problems.append(("temperature", temperature, "a number > 0, or no value for the model's own"))
+        return problems
+
+    def validate(self) -> "TrainConfig":
+        """Check every field and return a copy with ``method`` applied (``coop`` forces ``λ = 0``)."""
+        problems = self.invalid_fields()
         if problems:
-            raise ValueError("invalid training settings: " + "; ".join(problems))
+            raise ValueError(
+                "invalid training settings: "
+                + "; ".join(f"{name}={value!r} (expected {rule})" for name, value, rule in problems)
+            )
 
         config = dataclasses.replace(self)
         if config.method == "coop" and config.ebm_weight != 0:
@@ -195,6 +213,25 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     config: TrainConfig | None = None
     checkpoint_path: Path | None = None
+
+
+class ResumeError(ValueError):
+    """Raised when ``output_dir/checkpoint.pt`` cannot be resumed.
+
+    The file is unreadable, or it was written for other settings, class names, training data or model weights.
+    """
+
+
+def steps_per_epoch(samples: int, batch_size: int) -> int:
+    """Return the optimisation steps of one epoch over ``samples`` items.
+
+    Only full global batches run, except that fewer samples than one batch run as one partial step.
+    """
+    if samples <= 0:
+        return 0
+    if samples < batch_size:
+        return 1
+    return samples // batch_size
 
 
 def learning_rate_factor(epoch: int, config: TrainConfig) -> float:
@@ -321,6 +358,50 @@ def _check_labels(dataset: Dataset, num_classes: int) -> None:
             )
 
 
+def _stored_labels(data: Any) -> list[int] | None:
+    """Return the labels a dataset (or a Subset of one) stores as ``labels`` or ``targets``, or None."""
+    if isinstance(data, Subset):
+        parent = _stored_labels(data.dataset)
+        return None if parent is None else [parent[index] for index in data.indices]
+    for name in ("labels", "targets"):
+        labels = getattr(data, name, None)
+        if labels is not None and len(labels) == len(data):
+            return [int(label) for label in labels]
+    return None
+
+
+def _data_fingerprint(train_data: Any, dataset: Dataset) -> str:
+    """Return a sha256 of the training data, which a checkpoint stores so that resume can detect changed data.
+
+    Features mode hashes the normalised feature and label tensors. Images mode hashes the sample
+    count, the labels, the Subset indices and the underlying dataset's ``identity`` when it has one
+    (the pixels themselves are not read).
+    """
+    digest = hashlib.sha256()
+    if isinstance(dataset, TensorDataset):
+        features, labels = dataset.tensors
+        digest.update(f"features {tuple(features.shape)} {features.dtype}\n".encode())
+        digest.update(features.contiguous().numpy().tobytes())
+        digest.update(f"labels {tuple(labels.shape)} {labels.dtype}\n".encode())
+        digest.update(labels.contiguous().numpy().tobytes())
+        return f"features-sha256:{digest.hexdigest()}"
+
+    digest.update(f"samples {len(train_data)}\n".encode())
+    source = train_data
+    while isinstance(source, Subset):
+        digest.update(("indices " + ",".join(str(int(index)) for index in source.indices) + "\n").encode())
+        source = source.dataset
+    identity = getattr(source, "identity", None)
+    if identity is not None:
+        digest.update(f"identity {identity}\n".encode())
+    labels = _stored_labels(train_data)
+    if labels is None:
+        # NOTE: without a labels attribute every item is loaded once, images included.
+        labels = [int(train_data[index][1]) for index in range(len(train_data))]
+    digest.update(("labels " + ",".join(map(str, labels)) + "\n").encode())
+    return f"images-sha256:{digest.hexdigest()}"
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -345,31 +426,56 @@ def _restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
+def _save_torch_atomically(payload: dict[str, Any], path: Path, sync: bool = False) -> None:
+    write_atomically(path, lambda stream: torch.save(payload, stream), sync=sync)
+
+
+def _load_torch_file(path: Path) -> Any:
+    """Load a file written by ``torch.save`` (tensors and plain containers only), or raise ``ValueError`` naming it."""
     try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError:
+        raise ValueError(f"{path} is empty") from None
+    except (RuntimeError, pickle.UnpicklingError, ValueError) as error:
+        # Only the exception type is shown: torch's message advises weights_only=False, which would
+        # run arbitrary code from the file.
+        raise ValueError(
+            f"{path} cannot be read: it is truncated or was not written by torch.save ({type(error).__name__})"
+        ) from None
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load ``checkpoint.pt`` and check that it is a complete checkpoint of this format, or raise ``ResumeError``."""
+    advice = "delete it to train from epoch 0, or resume in the folder of the run that wrote it"
+    try:
+        saved = _load_torch_file(path)
+    except ValueError as error:
+        raise ResumeError(f"checkpoint {error}; {advice}") from None
+    if not isinstance(saved, dict):
+        raise ResumeError(f"checkpoint {path} contains a {type(saved).__name__}, not a training checkpoint; {advice}")
+    if saved.get("format") != _CHECKPOINT_FORMAT:
+        raise ResumeError(
+            f"checkpoint {path} has format {saved.get('format')!r}, but this version reads format {_CHECKPOINT_FORMAT}; "
+            f"{advice}"
+        )
+    missing = [key for key in _CHECKPOINT_KEYS if key not in saved]
+    if missing:
+        raise ResumeError(f"checkpoint {path} lacks the entries {missing}; {advice}")
+    return saved
 
 
 def _config_for_record(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, class_names: Sequence[str], path: Path) -> None:
+def _check_resumable(
+    saved: dict[str, Any],
+    config: TrainConfig,
+    class_names: Sequence[str],
+    path: Path,
+    data_fingerprint: str,
+    weights_id: str | None,
+) -> None:
     current = _config_for_record(config)
     changed = {
         key: (saved["config"].get(key), value)
@@ -377,16 +483,44 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, class_names: Se
         if key not in _RESUME_FREE_FIELDS and saved["config"].get(key) != value
     }
     if changed:
-        raise ValueError(
+        raise ResumeError(
             f"checkpoint {path} was written with other settings {changed} (saved, requested); "
             "resume with the same settings or choose another output_dir"
         )
     if list(saved["class_names"]) != list(class_names):
-        raise ValueError(f"checkpoint {path} was trained on other class names; choose another output_dir")
+        raise ResumeError(f"checkpoint {path} was trained on other class names; choose another output_dir")
+    if "weights_id" in saved and saved["weights_id"] != weights_id:
+        raise ResumeError(
+            f"checkpoint {path} was trained with model weights {saved['weights_id']!r}, but the current model has "
+            f"{weights_id!r}; resume with the same model weights or choose another output_dir"
+        )
+    if "data_fingerprint" in saved and saved["data_fingerprint"] != data_fingerprint:
+        raise ResumeError(
+            f"checkpoint {path} was trained on other training data (saved fingerprint {saved['data_fingerprint']}, "
+            f"current {data_fingerprint}); resume with the same data (dataset, K-shot count and seed) or choose "
+            "another output_dir"
+        )
+    recorded = {"weights_id": "model weights", "data_fingerprint": "training data"}
+    unchecked = [description for key, description in recorded.items() if key not in saved]
+    if unchecked:
+        logger.warning(
+            "checkpoint %s was written by an older version that did not record the %s, so they could not be checked "
+            "against the current run",
+            path, " and ".join(unchecked),
+        )
 
 
-def save_prompt_learner(learner: PromptLearner, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write the context vectors and the settings needed to rebuild the learner, atomically."""
+def save_prompt_learner(
+    learner: PromptLearner,
+    path: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
+    weights_id: str | None = None,
+) -> Path:
+    """Write the context vectors and the settings needed to rebuild the learner, atomically.
+
+    ``weights_id`` (``ClipBundle.weights_id``) names the model weights the prompts were trained for.
+    :func:`load_prompt_learner` compares it, and the width of the context vectors, with the model it loads onto.
+    """
     path = Path(path)
     payload = {
         "context_vectors": learner.context_vectors.detach().cpu(),
@@ -394,26 +528,104 @@ def save_prompt_learner(learner: PromptLearner, path: str | os.PathLike, extra: 
         "n_ctx": learner.n_ctx,
         "ctx_init": learner.ctx_init,
         "class_specific": learner.class_specific,
+        "weights_id": weights_id,
         "extra": extra or {},
     }
-    _atomic_torch_save(payload, path)
+    _save_torch_atomically(payload, path)
     return path
 
 
+def _saved_weights_id(payload: dict[str, Any]) -> str | None:
+    """Return the weights id a prompt file records: its own entry, or ``extra["weights_id"]`` of older files."""
+    extra = payload.get("extra")
+    older = extra.get("weights_id") if isinstance(extra, dict) else None
+    return payload.get("weights_id") or older
+
+
 def load_prompt_learner(path: str | os.PathLike, bundle: Any) -> PromptLearner:
-    """Rebuild a prompt learner written by :func:`save_prompt_learner` on ``bundle``'s model."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    learner = PromptLearner(
-        bundle.model,
-        bundle.tokenizer,
-        payload["class_names"],
-        n_ctx=payload["n_ctx"],
-        ctx_init=payload["ctx_init"],
-        class_specific=payload["class_specific"],
-    )
-    with torch.no_grad():
-        learner.context_vectors.copy_(payload["context_vectors"])
+    """Rebuild a prompt learner written by :func:`save_prompt_learner` on ``bundle``'s model.
+
+    Raises:
+        ValueError: the file is no saved prompt learner (for example the resume state
+            ``checkpoint.pt``), or the prompts were trained for other model weights or another
+            text-tower width.
+    """
+    path = Path(path)
+    writers = "train_prompts and python -m dsenergy.train write it when a run finishes"
+    payload = _load_torch_file(path)
+    missing = [key for key in _PROMPT_LEARNER_KEYS if not isinstance(payload, dict) or key not in payload]
+    if missing:
+        if isinstance(payload, dict) and "optimizer" in payload and "epoch" in payload:
+            raise ValueError(
+                f"{path} is a training checkpoint, the state that resume continues from, not a saved prompt learner; "
+                f"load {path.parent / PROMPT_LEARNER_NAME} instead ({writers})"
+            )
+        raise ValueError(f"{path} is not a saved prompt learner (it lacks {missing}); load a {PROMPT_LEARNER_NAME} ({writers})")
+
+    trained_for = _saved_weights_id(payload)
+    current = getattr(bundle, "weights_id", None)
+    saved_width = int(payload["context_vectors"].shape[-1])
+    model_width = text_tower_parts(bundle.model).token_embedding.embedding_dim
+    if saved_width != model_width:
+        raise ValueError(
+            f"{path} contains context vectors of width {saved_width}, trained for model weights "
+            f"{trained_for or '(not recorded)'}, but this model's text tower has width {model_width} "
+            f"(weights {current}); load the model the prompts were trained for"
+        )
+    if trained_for is None:
+        logger.warning(
+            "%s does not record the model weights it was trained for (written by an older version); "
+            "it could not be checked against the loaded weights %s", path, current,
+        )
+    elif current is not None and trained_for != current:
+        raise ValueError(
+            f"{path} was trained on model weights {trained_for}, but the loaded model has {current}; load the model "
+            "with those weights, or load prompts trained on this model"
+        )
+
+    try:
+        learner = PromptLearner(
+            bundle.model,
+            bundle.tokenizer,
+            payload["class_names"],
+            n_ctx=payload["n_ctx"],
+            ctx_init=payload["ctx_init"],
+            class_specific=payload["class_specific"],
+            context_vectors=payload["context_vectors"],
+        )
+    except ValueError as error:
+        raise ValueError(f"{path} does not fit this model ({current}): {error}") from None
+    logger.info("loaded prompt learner %s (trained for model weights %s)", path, trained_for or "not recorded")
     return learner
+
+
+def _write_run_outputs(learner: PromptLearner, history: list[dict[str, float]], config: TrainConfig,
+                       output_dir: Path, weights_id: str | None) -> None:
+    """Write ``prompt_learner.pt`` and ``history.json`` of a finished run."""
+    save_prompt_learner(
+        learner, output_dir / PROMPT_LEARNER_NAME, extra={"config": _config_for_record(config)}, weights_id=weights_id
+    )
+    write_text_atomically(output_dir / HISTORY_NAME, json.dumps(history, indent=2))
+    logger.info("wrote %s and %s", output_dir / PROMPT_LEARNER_NAME, output_dir / HISTORY_NAME)
+
+
+def _output_dir_problem(output_dir: str | os.PathLike) -> str | None:
+    """Return why ``output_dir`` cannot be used as a folder (it or a parent is an existing file), or None."""
+    path = Path(output_dir)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if candidate.is_dir():
+                return None
+            if candidate == path:
+                return f"{path} is an existing file, not a folder"
+            return f"{path} lies under {candidate}, which is an existing file, not a folder"
+    return None
+
+
+def _is_main_process() -> bool:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,11 +666,20 @@ def train_prompts(
         class_names: one name per class; labels index this list.
         train_data: ``(features N×D, labels N)`` or a ``TensorDataset`` for ``input_mode="features"``;
             a dataset of ``(PIL image, label)`` for ``input_mode="images"``.
+            Unused, and may be ``None``, for ``method="zeroshot"`` or ``epochs=0``.
         config: training settings; ``TrainConfig()`` when ``None``.
         epoch_callback: called after each epoch's checkpoint as ``callback(epoch, record)``.
 
+    With ``config.output_dir`` set, the main process writes ``prompt_learner.pt`` and ``history.json``
+    there when the run ends, also for ``zeroshot`` and ``epochs=0`` (with an empty history).
+    Training runs also write ``checkpoint.pt`` and ``history.json`` after every epoch.
+
     Returns:
         The learner (its context vectors on the model's device) and the per-epoch history.
+
+    Raises:
+        ResumeError: ``config.resume`` is set and ``checkpoint.pt`` is unreadable or was written
+            for other settings, class names, training data or model weights.
     """
     config = (config or TrainConfig()).validate()
     if config.method != "zeroshot" and config.top_c > len(class_names):
@@ -466,6 +687,12 @@ def train_prompts(
             f"top_c {config.top_c} exceeds the number of classes ({len(class_names)}); "
             f"choose top_c between 1 and {len(class_names)}"
         )
+    if config.resume and not config.output_dir:
+        raise ValueError("resume=True needs output_dir, the folder that contains checkpoint.pt")
+    if config.output_dir:
+        problem = _output_dir_problem(config.output_dir)
+        if problem:
+            raise ValueError(f"output_dir {problem}; choose a folder for {CHECKPOINT_NAME}, {PROMPT_LEARNER_NAME} and {HISTORY_NAME}")
     model = bundle.model
     device = _model_device(model)
     amp = config.amp and device.type == "cuda"
@@ -483,6 +710,9 @@ def train_prompts(
     )
     if config.method == "zeroshot" or config.epochs == 0:
         logger.info("method %s with %d epochs: returning the initial context", config.method, config.epochs)
+        if config.output_dir and _is_main_process():
+            learner.eval()
+            _write_run_outputs(learner, [], config, Path(config.output_dir), getattr(bundle, "weights_id", None))
         return TrainResult(prompt_learner=learner, history=[], config=config)
 
     distributed = _setup_distributed(device)
@@ -491,6 +721,24 @@ def train_prompts(
     finally:
         if distributed.initialised_here:
             dist.destroy_process_group()
+
+
+def _restore_training_state(
+    saved: dict[str, Any],
+    learner: PromptLearner,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    distributed: _Distributed,
+    device: torch.device,
+) -> None:
+    """Load the context vectors, optimiser, schedule, scaler and this process's RNG state from a checkpoint."""
+    with torch.no_grad():
+        learner.context_vectors.copy_(saved["context_vectors"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    _restore_rng_state(saved["rng"][min(distributed.rank, len(saved["rng"]) - 1)], device)
 
 
 def _train(
@@ -556,23 +804,18 @@ def _train(
     start_epoch = 0
     output_dir = Path(config.output_dir) if config.output_dir else None
     checkpoint_path = output_dir / CHECKPOINT_NAME if output_dir else None
-    if config.resume:
-        if checkpoint_path is None:
-            raise ValueError("resume=True needs output_dir, the folder holding checkpoint.pt")
+    weights_id = getattr(bundle, "weights_id", None)
+    data_fingerprint = _data_fingerprint(train_data, dataset) if checkpoint_path is not None else None
+    if config.resume and checkpoint_path is not None:
         if checkpoint_path.is_file():
-            saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            _check_resumable(saved, config, learner.class_names, checkpoint_path)
-            with torch.no_grad():
-                learner.context_vectors.copy_(saved["context_vectors"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            _restore_rng_state(saved["rng"][min(distributed.rank, len(saved["rng"]) - 1)], device)
+            saved = _read_checkpoint(checkpoint_path)
+            _check_resumable(saved, config, learner.class_names, checkpoint_path, data_fingerprint, weights_id)
+            _restore_training_state(saved, learner, optimizer, scheduler, scaler, distributed, device)
             history = list(saved["history"])
             start_epoch = int(saved["epoch"])
             logger.info("resumed from %s after epoch %d of %d", checkpoint_path, start_epoch, config.epochs)
         else:
-            logger.info("resume requested but %s does not exist; starting from epoch 0", checkpoint_path)
+            logger.warning("resume requested but %s does not exist; starting from epoch 0", checkpoint_path)
 
     logger.info(
         "training %s: %d samples, %d classes, %d epochs, global batch %d (%d per process × %d), τ=%.4g, λ=%g",
@@ -648,21 +891,23 @@ def _train(
                 dist.all_gather_object(gathered, rng_states[0])
                 rng_states = gathered
             if distributed.is_main:
-                _atomic_torch_save(
-                    {
-                        "format": _CHECKPOINT_FORMAT,
-                        "epoch": epoch + 1,
-                        "context_vectors": learner.context_vectors.detach().cpu(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "rng": rng_states,
-                        "history": history,
-                        "config": _config_for_record(config),
-                        "class_names": list(learner.class_names),
-                    },
-                    checkpoint_path,
-                )
+                checkpoint = {
+                    "format": _CHECKPOINT_FORMAT,
+                    "epoch": epoch + 1,
+                    "context_vectors": learner.context_vectors.detach().cpu(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rng_states,
+                    "history": history,
+                    "config": _config_for_record(config),
+                    "class_names": list(learner.class_names),
+                    "weights_id": weights_id,
+                    "data_fingerprint": data_fingerprint,
+                }
+                # Synced to disk, because a resume after a crash depends on this file.
+                _save_torch_atomically(checkpoint, checkpoint_path, sync=True)
+                write_text_atomically(output_dir / HISTORY_NAME, json.dumps(history, indent=2))
             if distributed.enabled:
                 dist.barrier()
         if epoch_callback is not None:
@@ -670,9 +915,7 @@ def _train(
 
     learner.eval()
     if output_dir is not None and distributed.is_main:
-        save_prompt_learner(learner, output_dir / PROMPT_LEARNER_NAME, extra={"config": _config_for_record(config)})
-        _atomic_write_text(json.dumps(history, indent=2), output_dir / HISTORY_NAME)
-        logger.info("wrote %s and %s", output_dir / PROMPT_LEARNER_NAME, output_dir / HISTORY_NAME)
+        _write_run_outputs(learner, history, config, output_dir, weights_id)
     return TrainResult(prompt_learner=learner, history=history, config=config, checkpoint_path=checkpoint_path)
 
 
@@ -687,16 +930,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None, help="open_clip model name (default: the demo model dsenergy-demo)")
     parser.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file (default: the model's own)")
-    parser.add_argument("--shots", type=int, default=16, help="training images per class (K-shot); 0 uses all")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available)")
-    parser.add_argument("--log-level", default="INFO", help="logging level")
+    parser.add_argument(
+        "--shots", type=int, default=16,
+        help="training images per class (K-shot), drawn with --seed; 0 uses all id_train images (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device", default="auto",
+        help="cpu, cuda, cuda:<index>, mps or auto: CUDA, then MPS, then the CPU (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+        help="logging level of torchrun rank 0; other ranks log warnings and errors only (default: %(default)s)",
+    )
     defaults = TrainConfig()
     helps = {
-        "method": f"one of {METHODS}",
+        "method": (
+            "zeroshot (no training: the context is the phrase 'a photo of a' unless --ctx-init is given), "
+            "coop (cross-entropy) or coop_ebm (cross-entropy + λ·EBM)"
+        ),
         "n_ctx": "number of context vectors (ignored with --ctx-init)",
-        "ctx_init": "phrase that initialises the context, e.g. 'a photo of a'",
-        "class_specific": "learn one context per class",
-        "epochs": "training epochs",
+        "ctx_init": (
+            "non-empty phrase that initialises the context, e.g. 'a photo of a' (default: none, so the context "
+            "is drawn from N(0, 0.02²) with --seed; --method zeroshot uses 'a photo of a')"
+        ),
+        "class_specific": "learn one context per class instead of one shared context",
+        "epochs": "training epochs; 0 writes the initial context",
         "batch_size": "global batch size, split across torchrun processes",
         "lr": "peak SGD learning rate",
         "momentum": "SGD momentum",
@@ -712,61 +970,158 @@ def _parser() -> argparse.ArgumentParser:
         "input_mode": "'features' (cached image features) or 'images' (augmented images)",
         "amp": "mixed precision on CUDA",
         "num_workers": "data loader worker processes",
-        "output_dir": "folder for checkpoint.pt, prompt_learner.pt and history.json",
-        "resume": "continue from output_dir/checkpoint.pt",
+        "output_dir": (
+            f"folder for {CHECKPOINT_NAME}, {PROMPT_LEARNER_NAME} and {HISTORY_NAME} (default: none, nothing is written)"
+        ),
+        "resume": f"continue from --output-dir/{CHECKPOINT_NAME}",
         "progress": "show progress bars",
     }
+    choices = {"method": METHODS, "bound": ("lower", "exact"), "input_mode": INPUT_MODES}
     for item in dataclasses.fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         default = getattr(defaults, item.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps[item.name])
-        elif item.name in ("ctx_init", "output_dir"):
-            parser.add_argument(flag, default=default, help=helps[item.name])
-        elif item.name == "temperature":
-            parser.add_argument(flag, type=float, default=default, help=helps[item.name])
+        if item.name in ("ctx_init", "output_dir", "temperature"):
+            # Their help texts state the None default in words.
+            value_type = float if item.name == "temperature" else str
+            parser.add_argument(flag, type=value_type, default=default, help=helps[item.name])
+        elif isinstance(default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default,
+                help=f"{helps[item.name]} (default: {'on' if default else 'off'})",
+            )
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"{helps[item.name]} (default {default})")
+            parser.add_argument(
+                flag, type=type(default), default=default, choices=choices.get(item.name),
+                help=f"{helps[item.name]} (default: %(default)s)",
+            )
     return parser
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _config_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """Build the TrainConfig from parsed arguments and report every invalid value as a parser error (exit 2)."""
+    from dsenergy.data import FASHION_ID_CLASSES
+
+    config = TrainConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(TrainConfig)})
+    problems = [f"{_flag(name)} {value!r} is invalid (expected {rule})" for name, value, rule in config.invalid_fields()]
+    if args.shots < 0:
+        problems.append(f"--shots {args.shots} is invalid (expected a whole number ≥ 1, or 0 for all images)")
+    if problems:
+        parser.error("; ".join(problems))
+
+    class_count = len(FASHION_ID_CLASSES)
+    if config.method != "zeroshot" and config.top_c > class_count:
+        parser.error(
+            f"--top-c {config.top_c} exceeds the {class_count} fashion-open ID classes; choose --top-c between 1 and "
+            f"{class_count}"
+        )
+    if config.resume and not config.output_dir:
+        parser.error(f"--resume needs --output-dir, the folder that contains {CHECKPOINT_NAME}")
+    if config.output_dir:
+        problem = _output_dir_problem(config.output_dir)
+        if problem:
+            parser.error(f"--output-dir {problem}; choose a folder")
+        checkpoint_path = Path(config.output_dir) / CHECKPOINT_NAME
+        if config.resume and checkpoint_path.is_file():
+            try:
+                _read_checkpoint(checkpoint_path)
+            except ResumeError as error:
+                parser.error(f"--resume: {error}")
+    return config
+
+
+def _device_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    from dsenergy.models import resolve_device
+
+    try:
+        return resolve_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
+    except RuntimeError:
+        # torch.device rejects unknown device strings with a RuntimeError that lists every backend.
+        parser.error(f"--device {args.device!r} is invalid; use cpu, cuda, cuda:<index>, mps or auto")
+
+
+def _check_shots(parser: argparse.ArgumentParser, shots: int, labels: np.ndarray, class_names: Sequence[str]) -> None:
+    """Report ``--shots`` above the image count of the smallest class as a parser error."""
+    classes, counts = np.unique(labels[labels >= 0], return_counts=True)
+    smallest = int(np.argmin(counts))
+    if shots > counts[smallest]:
+        name = class_names[int(classes[smallest])]
+        parser.error(
+            f"--shots {shots} exceeds the smallest id_train class: {name!r} has {counts[smallest]} images; "
+            f"choose --shots between 1 and {counts[smallest]}, or 0 for all images"
+        )
+
+
+def _configure_logging(level: str, rank: int, world_size: int) -> None:
+    """Log at ``level`` on rank 0 and at WARNING or above on the other torchrun ranks, which repeat rank 0's messages."""
+    numeric_level = logging.getLevelName(level)
+    prefix = ""
+    if world_size > 1:
+        prefix = f"rank {rank} "
+        if rank != 0:
+            numeric_level = max(numeric_level, logging.WARNING)
+    logging.basicConfig(level=numeric_level, format=f"%(asctime)s {prefix}%(name)s %(levelname)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
     """Train on the fashion-open ``id_train`` split (K-shot) with the demo model by default."""
     from dsenergy import demo
-    from dsenergy.data import kshot_indices, load_fashion_open
-    from dsenergy.features import cached_features
-    from dsenergy.models import load_clip, resolve_device
+    from dsenergy.data import load_fashion_open
+    from dsenergy.models import load_clip
 
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    config = TrainConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(TrainConfig)})
-    device = resolve_device(args.device)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+    config = _config_from_arguments(parser, args)
+    device = _device_from_arguments(parser, args)
+    trains = config.method != "zeroshot" and config.epochs > 0
+
+    train_set = load_fashion_open("id_train")
+    labels = torch.tensor(np.array(train_set.labels), dtype=torch.long)
+    if trains and args.shots > 0:
+        _check_shots(parser, args.shots, labels.numpy(), train_set.class_names)
+
     distributed = _setup_distributed(device)
-
     try:
         bundle = load_clip(args.model or demo.DEMO_MODEL_NAME, args.pretrained, device=device)
-        train_set = load_fashion_open("id_train")
-        labels = torch.tensor(np.array(train_set.labels), dtype=torch.long)
-        if args.shots > 0:
-            indices = torch.as_tensor(kshot_indices(labels.numpy(), args.shots, config.seed, train_set.identity))
-        else:
-            indices = torch.arange(len(labels))
-
-        if config.input_mode == "features":
-            # Rank 0 fills the feature cache first so the other processes read it instead of racing.
-            if distributed.enabled and not distributed.is_main:
-                dist.barrier()
-            features = cached_features(bundle, train_set, dataset_id=train_set.identity, progress=distributed.is_main)
-            if distributed.enabled and distributed.is_main:
-                dist.barrier()
-            train_data: Any = (features[indices], labels[indices])
-        else:
-            train_data = torch.utils.data.Subset(train_set, indices.tolist())
-
-        return train_prompts(bundle, list(train_set.class_names), train_data, config)
+        train_data: Any = None
+        if trains:
+            train_data = _cli_training_data(bundle, train_set, labels, args.shots, config, distributed)
+        try:
+            return train_prompts(bundle, list(train_set.class_names), train_data, config)
+        except ResumeError as error:
+            parser.error(f"--resume: {error}")
     finally:
         if distributed.initialised_here:
             dist.destroy_process_group()
+
+
+def _cli_training_data(
+    bundle: Any, train_set: Any, labels: torch.Tensor, shots: int, config: TrainConfig, distributed: _Distributed
+) -> Any:
+    """Return the K-shot training data: cached features and labels, or a Subset of the images."""
+    from dsenergy.data import kshot_indices
+    from dsenergy.features import cached_features
+
+    if shots > 0:
+        indices = torch.as_tensor(kshot_indices(labels.numpy(), shots, config.seed, train_set.identity))
+    else:
+        indices = torch.arange(len(labels))
+    if config.input_mode == "images":
+        return torch.utils.data.Subset(train_set, indices.tolist())
+
+    # Rank 0 fills the feature cache first so the other processes read it instead of racing.
+    if distributed.enabled and not distributed.is_main:
+        dist.barrier()
+    features = cached_features(bundle, train_set, dataset_id=train_set.identity, progress=distributed.is_main)
+    if distributed.enabled and distributed.is_main:
+        dist.barrier()
+    return features[indices], labels[indices]
 
 
 if __name__ == "__main__":

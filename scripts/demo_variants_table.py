@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from dsenergy._atomic import write_text_atomically
 from dsenergy.data.fashion_mnist import FASHION_MNIST_CLASSES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -198,8 +199,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     table = pd.DataFrame(rows)
 
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "demo_variants.csv", index=False)
-    (out / "demo_variants.md").write_text(markdown(table), encoding="utf-8")
+    write_text_atomically(out / "demo_variants.csv", table.to_csv(index=False))
+    write_text_atomically(out / "demo_variants.md", markdown(table))
     logger.info("Wrote %s and %s, one row per model (%d rows)", out / "demo_variants.csv", out / "demo_variants.md", len(table))
     return table
 

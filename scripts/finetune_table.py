@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dsenergy._atomic import write_text_atomically
 from dsenergy.data import fashion_open_splits, kshot_indices, load_fashion_open
 from dsenergy.data._arrays import ArrayImageDataset
 from dsenergy.demo import DEMO_MODEL_NAME, DEMO_TEMPLATES
@@ -53,38 +54,66 @@ SUMMARY_SCORES = ("msp", "energy", "mcm", "delta_energy")
 SCORE_LABELS = {"msp": "MSP", "energy": "Energy", "mcm": "MCM", "delta_energy": "ΔEnergy"}
 METHOD_LABELS = {"zeroshot": "zero-shot", "coop": "CoOp", "coop_ebm": "CoOp+EBM"}
 SWEEP_WEIGHTS = (0.1, 1.0, 10.0, 100.0)
+#: Largest AUROC gap, in percentage points, at which the summary calls ΔEnergy and MSP matching.
+MSP_MATCH_TOLERANCE_PP = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the command-line parser of the fine-tuning table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEMO_MODEL_NAME, help="open_clip model name")
-    parser.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file")
-    parser.add_argument("--shots", type=int, default=16, help="training images per class")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of the K-shot split and training")
-    parser.add_argument("--epochs", type=int, default=50, help="training epochs per run")
-    parser.add_argument("--n-ctx", type=int, default=16, help="number of context vectors")
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="SGD learning rate after the warm-up epoch")
+    parser.add_argument("--model", default=DEMO_MODEL_NAME, help="open_clip model name (default: %(default)s)")
+    parser.add_argument(
+        "--pretrained", default=None,
+        help="open_clip tag or checkpoint file (default: the model's own; the demo model loads its committed checkpoint)",
+    )
+    parser.add_argument("--shots", type=int, default=16, help="training images per class (default: %(default)s)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3],
+        help="seeds of the K-shot split and training (default: %(default)s)",
+    )
+    parser.add_argument("--epochs", type=int, default=50, help="training epochs per run (default: %(default)s)")
+    parser.add_argument("--n-ctx", type=int, default=16, help="number of context vectors (default: %(default)s)")
+    parser.add_argument(
+        "--lr", type=float, default=TrainConfig.lr,
+        help="SGD learning rate after the warm-up epoch (default: %(default)s)",
+    )
     parser.add_argument(
         "--ebm-weight", type=float, default=None,
-        help="λ of CoOp+EBM; default: chosen by the validation sweep over --sweep-weights",
+        help="λ of CoOp+EBM (default: chosen by the validation sweep over --sweep-weights)",
     )
-    parser.add_argument("--sweep-weights", type=float, nargs="+", default=list(SWEEP_WEIGHTS), help="λ values of the sweep")
-    parser.add_argument("--sweep-seed", type=int, default=1, help="seed of the λ sweep")
+    parser.add_argument(
+        "--sweep-weights", type=float, nargs="+", default=list(SWEEP_WEIGHTS),
+        help="λ values of the sweep (default: %(default)s)",
+    )
+    parser.add_argument("--sweep-seed", type=int, default=1, help="seed of the λ sweep (default: %(default)s)")
     parser.add_argument(
         "--val-per-class", type=int, default=100,
-        help="validation images per class, drawn from id_train outside the sweep seed's K-shot split",
+        help="validation images per class, drawn from id_train outside the sweep seed's K-shot split "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--top-c", type=int, default=1, help="cropped classes c of the EBM loss and the ΔEnergy score")
-    parser.add_argument("--crop-value", type=float, default=0.0, help="crop value a of the EBM loss and the ΔEnergy score")
-    parser.add_argument("--bound", default="lower", choices=["lower", "exact"], help="EBM training target")
+    parser.add_argument(
+        "--top-c", type=int, default=1,
+        help="cropped classes c of the EBM loss and the ΔEnergy score (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--crop-value", type=float, default=0.0,
+        help="crop value a of the EBM loss and the ΔEnergy score (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bound", default="lower", choices=["lower", "exact"], help="EBM training target (default: %(default)s)"
+    )
     parser.add_argument(
         "--max-images", type=int, default=None,
-        help="keep at most this many images per split, evenly strided (for smoke runs; default all)",
+        help="keep at most this many images per split, evenly strided, for smoke runs (default: all images)",
     )
-    parser.add_argument("--splits", nargs="*", default=None, help="evaluation splits (default: every fashion-open split)")
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "finetune"), help="output folder")
+    parser.add_argument(
+        "--splits", nargs="*", default=None, help="evaluation splits (default: every fashion-open split but id_train)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument(
+        "--out", default=str(REPO_ROOT / "results" / "finetune"),
+        help="output folder (default: results/finetune in the repository, the committed tables, which a run overwrites)",
+    )
     return parser
 
 
@@ -229,7 +258,7 @@ def _mean_std(values: pd.Series) -> str:
     return f"{values.mean():.1f} ± {values.std():.1f}"
 
 
-def _size_note(config: dict[str, Any]) -> list[str]:
+def size_note(config: dict[str, Any]) -> list[str]:
     """Return a warning paragraph for a reduced run (--max-images), or nothing for a full one."""
     if not config.get("max_images"):
         return []
@@ -243,9 +272,15 @@ def _size_note(config: dict[str, Any]) -> list[str]:
 def summary_markdown(runs: pd.DataFrame, config: dict[str, Any]) -> str:
     """Render the main table and the paired CoOp+EBM − CoOp differences as markdown."""
     frame = per_seed_summary(runs)
-    columns = [column for column in frame.columns if column not in ("method", "seed")]
+    # Columns of splits that were not evaluated (--splits) are NaN for every run and are left out.
+    columns = [column for column in frame.columns if column not in ("method", "seed") and frame[column].notna().any()]
     methods = list(frame.method.unique())
     taus = config["score_temperatures"]
+    seed_count = frame.seed.nunique()
+    if seed_count < 2:
+        spread = "Values are from one seed, so no spread is shown, in percent."
+    else:
+        spread = f"Values are mean ± sample standard deviation over the {seed_count} seeds, in percent."
     lines = [
         f"# Fine-tuning on fashion-open ({config['shots']}-shot), seeds {', '.join(map(str, config['seeds']))}",
         "",
@@ -253,10 +288,9 @@ def summary_markdown(runs: pd.DataFrame, config: dict[str, Any]) -> str:
         f"vectors, {config['epochs']} epochs, SGD lr {config['train_settings']['lr']:g}, batch 32, one warm-up epoch, trained on cached "
         f"features. CoOp+EBM: λ = {config['ebm_weight']:g} ({config['ebm_weight_source']}), c = {config['top_c']}, "
         f"a = {config['crop_value']:g}, bound {config['bound']!r}, loss τ = {config['loss_temperature']:.4g} "
-        f"(1 / the model's logit scale). Zero-shot averages {len(DEMO_TEMPLATES)} caption templates. "
-        "Values are mean ± sample standard deviation over seeds, in percent.",
+        f"(1 / the model's logit scale). Zero-shot averages {len(DEMO_TEMPLATES)} caption templates. {spread}",
         "",
-        *_size_note(config),
+        *size_note(config),
         "Metric convention: ID is the positive class; FPR95 is the fraction of OOD images accepted when 95 % "
         "of ID images are kept. Covariate accuracy is the mean over all covariate splits. Score temperatures "
         "τ: " + ", ".join(f"{SCORE_LABELS[s]} {taus[s]:.4g}" for s in SUMMARY_SCORES)
@@ -271,23 +305,32 @@ def summary_markdown(runs: pd.DataFrame, config: dict[str, Any]) -> str:
 
     if {"coop", "coop_ebm"} <= set(methods):
         lines += ["", *difference_lines(frame, columns)]
-    lines += ["", *finding_lines(frame, columns)]
+    same_temperature = taus.get("msp") == taus.get("delta_energy")
+    lines += ["", *finding_lines(frame, columns, top_c=config["top_c"], same_temperature=same_temperature)]
     if config.get("training"):
         lines += ["", *training_lines(config["training"])]
     return "\n".join(lines) + "\n"
 
 
 def training_record(method: str, seed: int, ebm_weight: float, history: Sequence[dict[str, float]]) -> dict[str, Any]:
-    """Summarise one run's training curve: first-epoch, highest and final CE, and final training accuracy."""
+    """Summarise one run's training curve: epochs, first-epoch, highest and final CE, and final training accuracy."""
     ce = [epoch["ce"] for epoch in history]
     return {
-        "method": method, "seed": seed, "ebm_weight": ebm_weight, "first_ce": ce[0], "max_ce": max(ce),
-        "final_ce": ce[-1], "final_acc": history[-1]["acc"],
+        "method": method, "seed": seed, "ebm_weight": ebm_weight, "epochs": len(history), "first_ce": ce[0],
+        "max_ce": max(ce), "final_ce": ce[-1], "final_acc": history[-1]["acc"],
     }
 
 
+def _run_names(runs: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(f"{METHOD_LABELS[run['method']]} seed {run['seed']}" for run in runs)
+
+
 def training_lines(training: Sequence[dict[str, Any]]) -> list[str]:
-    """Render the training curves of the main runs and name the runs whose training CE ended above its start."""
+    """Render the training curves of the main runs and state, per run, whether the training CE went down.
+
+    A run whose first and final CE agree at the three decimals shown counts as unchanged, and a
+    one-epoch run (``epochs`` 1) has no curve to judge.
+    """
     lines = [
         "## Training",
         "",
@@ -302,58 +345,145 @@ def training_lines(training: Sequence[dict[str, Any]]) -> list[str]:
             f"| {METHOD_LABELS[run['method']]} | {run['seed']} | {run['first_ce']:.3f} | {run['max_ce']:.3f} | "
             f"{run['final_ce']:.3f} | {100 * run['final_acc']:.1f} |"
         )
-    failed = [run for run in training if run["final_ce"] > run["first_ce"]]
+
+    single_epoch = [run for run in training if run.get("epochs") == 1]
+    curves = [run for run in training if run.get("epochs") != 1]
+    unchanged = [run for run in curves if f"{run['final_ce']:.3f}" == f"{run['first_ce']:.3f}"]
+    higher = [run for run in curves if run not in unchanged and run["final_ce"] > run["first_ce"]]
+    lower = [run for run in curves if run not in unchanged and run["final_ce"] < run["first_ce"]]
     lines.append("")
-    if failed:
-        names = ", ".join(f"{METHOD_LABELS[run['method']]} seed {run['seed']}" for run in failed)
-        subject = "this run weighs" if len(failed) == 1 else "these runs weigh"
+    if single_epoch:
         lines.append(
-            f"Training did not converge for {names}: the final training CE is above the first epoch's, so {subject} "
-            "on every mean and paired difference above."
+            f"{_run_names(single_epoch)} trained for one epoch, so the first and final CE come from the same epoch "
+            "and do not show whether training converged."
         )
-    else:
+    if higher:
+        subject = "this run weighs" if len(higher) == 1 else "these runs weigh"
+        lines.append(
+            f"Training did not converge for {_run_names(higher)}: the final training CE is above the first epoch's, "
+            f"so {subject} on every mean and paired difference above."
+        )
+    if unchanged:
+        lines.append(f"The training CE of {_run_names(unchanged)} did not change from the first epoch at the precision shown.")
+    if lower and len(lower) == len(training):
         lines.append("Every run ended with a lower training CE than its first epoch.")
+    elif lower:
+        lines.append(f"{len(lower)} of {len(training)} runs ended with a lower training CE than their first epoch.")
     return lines
 
 
-def finding_lines(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
-    """State in sentences what the table shows, computed from the same per-seed numbers."""
-    means = 100 * frame.groupby("method")[list(columns)].mean()
+def _change_clauses(change: pd.Series, columns: Sequence[str]) -> str:
+    """Describe one method's change against zero-shot in the accuracy and mean AUROC columns that were evaluated."""
+    clauses = []
+    if "ID acc" in columns:
+        clauses.append(f"ID accuracy {change['ID acc']:+.1f} pp")
+    if "covariate acc" in columns:
+        clauses.append(f"covariate accuracy {change['covariate acc']:+.1f} pp")
     auroc_columns = [column for column in columns if column.endswith("AUROC")]
+    if auroc_columns:
+        clauses.append(
+            f"AUROC {change[auroc_columns].mean():+.1f} pp on average over the {len(auroc_columns)} score × OOD-set pairs"
+        )
+    return ", ".join(clauses)
+
+
+def _paired_difference_line(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    """State which CoOp+EBM − CoOp differences are consistent over seeds, or that one seed cannot tell."""
+    coop = frame[frame.method == "coop"].set_index("seed")[list(columns)]
+    ebm = frame[frame.method == "coop_ebm"].set_index("seed")[list(columns)]
+    seeds = coop.index.intersection(ebm.index)
+    difference = 100 * (ebm.loc[seeds] - coop.loc[seeds])
+    mean_sizes = difference.mean().abs().dropna()
+    if mean_sizes.empty:
+        return "- CoOp+EBM vs CoOp: no metric was computed for both methods on a shared seed."
+    largest = mean_sizes.idxmax()
+    if mean_sizes[largest] < 0.05:
+        largest_text = "below 0.05 pp in size"
+    else:
+        largest_text = f"{difference[largest].mean():+.1f} pp ({largest})"
+
+    if len(seeds) < 2:
+        return (
+            f"- CoOp+EBM vs CoOp: one seed, so no difference can be compared with a spread over seeds. "
+            f"The largest difference is {largest_text}."
+        )
+
+    consistent = [
+        column for column in columns
+        if ((difference[column] > 0).all() or (difference[column] < 0).all())
+        and abs(difference[column].mean()) > difference[column].std()
+    ]
+    # FPR95 is better when lower, every other column when higher.
+    better = [column for column in consistent if (difference[column].mean() < 0) == column.endswith("FPR95")]
+    worse = [column for column in consistent if column not in better]
+    line = (
+        f"- CoOp+EBM vs CoOp: {len(consistent)} of {len(columns)} metrics differ with the same sign on all "
+        f"{len(seeds)} seeds and a mean larger than their standard deviation over seeds. Better with CoOp+EBM: "
+        f"{', '.join(better) or 'none'}. Worse: {', '.join(worse) or 'none'}. The largest mean difference is "
+        f"{largest_text}."
+    )
+    others = len(columns) - len(consistent)
+    if others:
+        line += (
+            f" The other {others} differences change sign between seeds or have a mean no larger than their "
+            "standard deviation."
+        )
+    return line
+
+
+def _msp_delta_energy_line(means: pd.DataFrame, columns: Sequence[str], top_c: int, same_temperature: bool) -> str | None:
+    """Compare ΔEnergy with MSP AUROC; call them matching only when every gap is within the tolerance.
+
+    The identity ΔEnergy = −τ log(1 − MSP + e^(a/τ) / Z) for c = 1 is cited only when both scores use the same τ.
+    """
+    gaps: dict[tuple[str, str], float] = {}
+    for column in columns:
+        delta_column = column.replace("MSP", "ΔEnergy", 1)
+        if not (column.startswith("MSP ") and column.endswith("AUROC") and delta_column in columns):
+            continue
+        for method, gap in (means[delta_column] - means[column]).abs().items():
+            if not math.isnan(gap):
+                gaps[(method, column.removeprefix("MSP ").removesuffix(" AUROC"))] = float(gap)
+    if not gaps:
+        return None
+    (method, split), largest = max(gaps.items(), key=lambda item: item[1])
+    where = f"{METHOD_LABELS.get(method, method)} on the {split} OOD set"
+    if top_c != 1:
+        return f"- ΔEnergy (c = {top_c}) and MSP differ by up to {largest:.1f} pp AUROC ({where})."
+    if largest <= MSP_MATCH_TOLERANCE_PP:
+        line = (
+            f"- ΔEnergy (c = 1) and MSP match within {MSP_MATCH_TOLERANCE_PP:g} pp AUROC for every method and OOD set "
+            f"(largest gap {largest:.1f} pp, {where})."
+        )
+        if same_temperature:
+            line += (
+                " This is expected: with c = 1 and the same τ, ΔEnergy = −τ log(1 − MSP + e^(a/τ) / Z), a monotone "
+                "function of MSP while the e^(a/τ) / Z term is small."
+            )
+        return line
+    return (
+        f"- ΔEnergy (c = 1) and MSP differ by up to {largest:.1f} pp AUROC ({where}), more than the "
+        f"{MSP_MATCH_TOLERANCE_PP:g} pp within which this summary calls them matching, so here the two scores do not "
+        "rank images alike."
+    )
+
+
+def finding_lines(frame: pd.DataFrame, columns: Sequence[str], top_c: int = 1, same_temperature: bool = True) -> list[str]:
+    """State in sentences what the table shows, computed from the same per-seed numbers.
+
+    Every sentence depends on the numbers: a claim is made only when they support it.
+    """
+    means = 100 * frame.groupby("method")[list(columns)].mean()
     lines = ["## What the table shows", ""]
     for method in ("coop", "coop_ebm"):
         if method in means.index and "zeroshot" in means.index:
             change = means.loc[method] - means.loc["zeroshot"]
-            lines.append(
-                f"- {METHOD_LABELS[method]} vs zero-shot: ID accuracy {change['ID acc']:+.1f} pp, covariate accuracy "
-                f"{change['covariate acc']:+.1f} pp, AUROC {change[auroc_columns].mean():+.1f} pp on average over the "
-                f"{len(auroc_columns)} score × OOD-set pairs."
-            )
+            lines.append(f"- {METHOD_LABELS[method]} vs zero-shot: {_change_clauses(change, columns)}.")
     if {"coop", "coop_ebm"} <= set(means.index):
-        coop = frame[frame.method == "coop"].set_index("seed")[list(columns)]
-        ebm = frame[frame.method == "coop_ebm"].set_index("seed")[list(columns)]
-        difference = 100 * (ebm - coop.loc[ebm.index])
-        consistent = [
-            column for column in columns
-            if ((difference[column] > 0).all() or (difference[column] < 0).all())
-            and abs(difference[column].mean()) > difference[column].std()
-        ]
-        # FPR95 is better when lower, every other column when higher.
-        better = [column for column in consistent if (difference[column].mean() < 0) == column.endswith("FPR95")]
-        worse = [column for column in consistent if column not in better]
-        largest = difference.mean().abs().idxmax()
-        lines.append(
-            f"- CoOp+EBM vs CoOp: {len(consistent)} of {len(columns)} metrics differ with the same sign on every seed "
-            f"and a mean larger than the seed spread. Better with CoOp+EBM: {', '.join(better) or 'none'}. "
-            f"Worse: {', '.join(worse) or 'none'}. The largest mean difference is {difference[largest].mean():+.1f} pp "
-            f"({largest}). The other differences are within the spread over seeds."
-        )
-    msp = [column for column in auroc_columns if column.startswith("MSP")]
-    gaps = [(means[column.replace("MSP", "ΔEnergy")] - means[column]).abs().max() for column in msp]
-    lines.append(
-        f"- ΔEnergy with c = 1 and MSP differ by at most {max(gaps):.1f} pp AUROC across methods, as expected when "
-        "c = 1 and τ is small, because ΔEnergy is then a monotone function of the maximum softmax probability."
-    )
+        lines.append(_paired_difference_line(frame, columns))
+    msp_line = _msp_delta_energy_line(means, columns, top_c, same_temperature)
+    if msp_line:
+        lines.append(msp_line)
     return lines
 
 
@@ -408,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ebm_weight, sweep, sweep_runs = run_sweep(args, bundle, class_names, train_features, train_labels, train_set.identity)
         finished.update({(method, weight, args.sweep_seed): run for (method, weight), run in sweep_runs.items()})
         save_results(sweep, out / "lambda_sweep")
-        (out / "lambda_sweep.md").write_text(sweep_markdown(sweep, ebm_weight, args), encoding="utf-8")
+        write_text_atomically(out / "lambda_sweep.md", sweep_markdown(sweep, ebm_weight, args))
         source = f"chosen by validation ID accuracy from {sorted(args.sweep_weights)}, seed {args.sweep_seed}"
     else:
         ebm_weight, source = args.ebm_weight, "set with --ebm-weight"
@@ -427,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             result = finished.get((method, weight, seed)) or train_prompts(bundle, class_names, data, config)
             save_prompt_learner(
                 result.prompt_learner, out / "prompts" / f"{method}-seed{seed}.pt",
-                extra={"config": vars(config), "history": result.history, "weights_id": bundle.weights_id},
+                extra={"config": vars(config), "history": result.history}, weights_id=bundle.weights_id,
             )
             tables.append(
                 evaluate_model(result.prompt_learner, splits, bundle=bundle, method=method, seed=seed,
@@ -449,10 +579,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "train_settings": vars(train_config(args, "coop_ebm", 0, ebm_weight)),
         "training": training,
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_text_atomically(out / "config.json", json.dumps(config, indent=2) + "\n")
     save_results(runs, out / "finetune_runs")
     save_results(summarize_over_seeds(runs), out / "finetune_summary")
-    (out / "finetune_summary.md").write_text(summary_markdown(runs, config), encoding="utf-8")
+    write_text_atomically(out / "finetune_summary.md", summary_markdown(runs, config))
     logger.info("wrote %s in %.0f s", out, time.perf_counter() - started)
     return config
 

@@ -16,7 +16,7 @@ through the real open_clip text transformer.
   bypasses the text tower, a different parameter space. Zero-shot accuracies here therefore belong
   to that single phrase. Its θ does not depend on the training seed, so it runs once, for the first seed.
 
-Per domain, :func:`dsenergy.hessian.hessian_consistency` reports the top eigenvalues (Lanczos),
+Per domain, :func:`dsenergy.hessian.hessian_consistency` reports the top eigenvalues (Lanczos; none with ``--k 0``),
 the Hutchinson trace, and against ``id_test``: the normalised Frobenius and spectral norms of
 H_e − H_id, the Hessian cosine and the gradient gap. The accuracy drop acc(id_test) − acc(e)
 of the same prompts is listed beside them. HVPs use ``mode="reverse-over-reverse"``. The Hessian operator runs
@@ -56,9 +56,10 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_table import METHOD_LABELS, load_split, split_features  # noqa: E402
+from finetune_table import METHOD_LABELS, load_split, size_note, split_features  # noqa: E402
 
 from dsenergy import hessian  # noqa: E402
+from dsenergy._atomic import write_text_atomically  # noqa: E402
 from dsenergy.data import fashion_open_splits  # noqa: E402
 from dsenergy.demo import DEMO_MODEL_NAME  # noqa: E402
 from dsenergy.evaluate import save_results  # noqa: E402
@@ -71,47 +72,113 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "id_test"
 METHODS = ("zeroshot", "coop", "coop_ebm")
 INCONSISTENCY = "frobenius_diff_normalized"
+PROMPTS_SOURCE = (
+    "scripts/finetune_table.py writes them to the prompts folder under its --out "
+    "(default results/finetune/prompts)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the command-line parser of the Hessian table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEMO_MODEL_NAME, help="open_clip model name")
-    parser.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="training seeds of the saved prompts")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to compare")
+    parser.add_argument("--model", default=DEMO_MODEL_NAME, help="open_clip model name (default: %(default)s)")
+    parser.add_argument(
+        "--pretrained", default=None,
+        help="open_clip tag or checkpoint file (default: the model's own; the demo model loads its committed checkpoint)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="training seeds of the saved prompts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to compare (default: all three)"
+    )
     parser.add_argument(
         "--prompts", default=str(REPO_ROOT / "results" / "finetune" / "prompts"),
-        help="folder with <method>-seed<s>.pt from scripts/finetune_table.py",
+        help="folder with a <method>-seed<s>.pt prompt file for every trained method in --methods and every seed "
+        "in --seeds, as scripts/finetune_table.py writes them (default: results/finetune/prompts in the repository)",
     )
     parser.add_argument(
         "--domains", nargs="*", default=None,
         help="covariate splits compared with id_test (default: every shift at --severities)",
     )
-    parser.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3], help="covariate severities of the default domains")
-    parser.add_argument("--k", type=int, default=3, help="top eigenvalues per domain")
-    parser.add_argument("--iters", type=int, default=12, help="Lanczos steps for the eigenvalues and the spectral difference")
-    parser.add_argument("--probes", type=int, default=12, help="Rademacher probes for trace, Frobenius norms and cosine")
-    parser.add_argument("--max-images", type=int, default=None, help="keep at most this many images per split (smoke runs)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op CPU threads")
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "hessian"), help="output folder")
+    parser.add_argument(
+        "--severities", type=int, nargs="+", default=[1, 2, 3],
+        help="covariate severities of the default domains (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=3,
+        help="top Hessian eigenvalues per domain, by Lanczos; 0 skips them, because the summary does not use them "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--iters", type=int, default=12,
+        help="Lanczos steps for the eigenvalues and the spectral difference (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--probes", type=int, default=12,
+        help="Rademacher probes for trace, Frobenius norms and cosine (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=None,
+        help="keep at most this many images per split, evenly strided, for smoke runs (default: all images)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op CPU threads (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument(
+        "--out", default=str(REPO_ROOT / "results" / "hessian"),
+        help="output folder (default: results/hessian in the repository, the committed tables, which a run overwrites)",
+    )
     return parser
 
 
+def prompt_file_name(method: str, seed: int) -> str:
+    """Return the name scripts/finetune_table.py gives the prompt file of one method and seed."""
+    return f"{method}-seed{seed}.pt"
+
+
+def check_prompt_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Report a --prompts folder without the prompt file of every trained method and seed as a parser error."""
+    trained = [method for method in args.methods if method != "zeroshot"]
+    if not trained:
+        return
+    prompts = Path(args.prompts)
+    expected = [prompt_file_name(method, seed) for seed in args.seeds for method in trained]
+    contents = (
+        f"it must contain {', '.join(expected)} (<method>-seed<s>.pt for each of --methods {' '.join(trained)} "
+        f"and --seeds {' '.join(map(str, args.seeds))}); {PROMPTS_SOURCE}"
+    )
+    if not prompts.is_dir():
+        parser.error(f"--prompts {prompts} is not a folder; {contents}")
+    missing = [name for name in expected if not (prompts / name).is_file()]
+    if missing:
+        parser.error(f"--prompts {prompts} lacks {', '.join(missing)}; {contents}")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject out-of-range options before any model is loaded, naming the option and the allowed range."""
+    if args.k < 0:
+        parser.error(f"--k must be at least 0 (0 skips the eigenvalues), got {args.k}")
+    at_least_one = {"--iters": args.iters, "--probes": args.probes, "--threads": args.threads}
+    if args.max_images is not None:
+        at_least_one["--max-images"] = args.max_images
+    for option, value in at_least_one.items():
+        if value < 1:
+            parser.error(f"{option} must be at least 1, got {value}")
+    check_prompt_files(parser, args)
+
+
 def prompt_learner(method: str, seed: int, bundle: Any, class_names: Sequence[str], prompts: Path) -> torch.nn.Module:
-    """Return the prompt learner whose context vectors are θ for one method and seed."""
+    """Return the prompt learner whose context vectors are θ for one method and seed.
+
+    Raises:
+        FileNotFoundError: the prompt file is missing from ``prompts``.
+        ValueError: the prompt file was trained for other model weights or is no saved prompt learner.
+    """
     if method == "zeroshot":
         return train_prompts(bundle, class_names, None, TrainConfig(method="zeroshot", seed=seed)).prompt_learner
-    path = prompts / f"{method}-seed{seed}.pt"
+    path = prompts / prompt_file_name(method, seed)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run scripts/finetune_table.py first or pass --prompts")
-    trained_on = torch.load(path, map_location="cpu", weights_only=True)["extra"].get("weights_id")
-    if trained_on is not None and trained_on != bundle.weights_id:
-        raise ValueError(
-            f"{path} was trained on model weights {trained_on}, but the loaded model has {bundle.weights_id}; "
-            "rerun scripts/finetune_table.py with these weights or load the matching checkpoint with --pretrained"
-        )
+        raise FileNotFoundError(f"{path} not found; the prompts folder must contain <method>-seed<s>.pt files, and {PROMPTS_SOURCE}")
     return load_prompt_learner(path, bundle)
 
 
@@ -165,28 +232,29 @@ def summary_markdown(runs: pd.DataFrame, settings: dict[str, Any]) -> str:
         "gradient_gap": "gradient gap ‖∇L_e − ∇L_id‖",
         "accuracy_drop": "accuracy drop acc(id) − acc(e) (fraction)",
     }
+    if settings["k"] > 0:
+        lanczos = f"top-{settings['k']} eigenvalues and spectral difference by Lanczos"
+    else:
+        lanczos = "no eigenvalues (--k 0); spectral difference by Lanczos"
     lines = [
         "# Hessian consistency across covariate shifts, fashion-open",
         "",
         f"Model {settings['model']} (weights {settings['weights_id']}). θ = context vectors, d = {settings['dim']} "
         f"({settings['n_ctx_by_method']}); zero-shot θ = the context initialised from \"a photo of a\". Loss: mean CE "
         f"with τ = {settings['temperature']:.4g}. Reference domain id_test; {settings['num_domains']} shifted domains. "
-        f"Estimators: top-{settings['k']} eigenvalues and spectral difference by Lanczos with at most "
+        f"Estimators: {lanczos} with at most "
         f"{settings['iters']} HVPs each, {settings['probes']} Rademacher probes for trace, Frobenius norms and "
         f"cosine, HVPs reverse-over-reverse under the math attention backend. Seeds {settings['seeds']}. "
         f"Run time {settings['seconds']:.0f} s{_reuse_note(settings)}.",
         "",
-        "## Mean over shifted domains, mean ± std over seeds",
+        *size_note(settings),
+        "## Mean over shifted domains, mean ± std over seeds (the value alone for one seed)",
         "",
         "| quantity | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
         "|---|" + "---|" * len(methods),
     ]
     for column, label in columns.items():
-        cells = []
-        for method in methods:
-            values = means[means.method == method][column]
-            std = values.std() if len(values) > 1 else 0.0
-            cells.append(f"{values.mean():.4g} ± {std:.2g}")
+        cells = [_mean_std(means[means.method == method][column], ".4g") for method in methods]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     if {"coop", "coop_ebm"} <= set(methods):
@@ -202,9 +270,8 @@ def summary_markdown(runs: pd.DataFrame, settings: dict[str, Any]) -> str:
         ]
         for column, label in columns.items():
             difference = ebm.loc[seeds, column] - coop.loc[seeds, column]
-            std = difference.std() if len(difference) > 1 else 0.0
             per_seed = ", ".join(f"{value:+.3g}" for value in difference)
-            lines.append(f"| {label} | {difference.mean():+.3g} ± {std:.2g} | {per_seed} |")
+            lines.append(f"| {label} | {_mean_std(difference, '+.3g')} | {per_seed} |")
 
     lines += [
         "",
@@ -228,6 +295,13 @@ def summary_markdown(runs: pd.DataFrame, settings: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mean_std(values: pd.Series, mean_format: str) -> str:
+    """Format a mean ± sample std over seeds, or the value alone for one seed, which has no spread."""
+    if len(values) < 2:
+        return format(values.mean(), mean_format)
+    return f"{format(values.mean(), mean_format)} ± {values.std():.2g}"
+
+
 def finding_lines(runs: pd.DataFrame, means: pd.DataFrame) -> list[str]:
     """State in sentences whether CoOp+EBM was more consistent than CoOp, from the per-seed means."""
     lines = ["## What the table shows", ""]
@@ -244,10 +318,9 @@ def finding_lines(runs: pd.DataFrame, means: pd.DataFrame) -> list[str]:
         for column, wording, better_sign in checks:
             difference = ebm.loc[seeds, column] - coop.loc[seeds, column]
             wins = int((np.sign(difference) == better_sign).sum())
-            std = difference.std() if len(difference) > 1 else 0.0
             lines.append(
                 f"- CoOp+EBM had {wording} than CoOp on {wins} of {len(seeds)} seeds "
-                f"(paired difference {difference.mean():+.3g} ± {std:.2g})."
+                f"(paired difference {_mean_std(difference, '+.3g')})."
             )
     shifted = runs[runs.domain != REFERENCE]
     lines.append(
@@ -314,7 +387,9 @@ def _reuse_note(settings: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Compute the Hessian table for every method and seed; write tables, summary and plot."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -324,31 +399,38 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     bundle = load_clip(args.model, args.pretrained, device=args.device)
     temperature = 1.0 / bundle.logit_scale
     class_names = list(load_split(REFERENCE, args.max_images).class_names)
+
+    # Every prompt file is loaded, and checked against the model, before any feature or Hessian is computed.
+    learners = {}
+    for seed in args.seeds:
+        for method in args.methods:
+            if method == "zeroshot" and seed != args.seeds[0]:
+                continue
+            try:
+                learners[(method, seed)] = prompt_learner(method, seed, bundle, class_names, Path(args.prompts))
+            except ValueError as error:
+                parser.error(f"--prompts: {error}")
+
     shifted = [s for s in fashion_open_splits() if s.startswith("covariate/") and int(s.rsplit("/", 1)[1]) in args.severities]
     names = [REFERENCE] + (args.domains or shifted)
     domains = {name: split_features(bundle, name, args.max_images) for name in names}
 
     tables, n_ctx, reused = [], {}, 0
-    for seed in args.seeds:
-        for method in args.methods:
-            if method == "zeroshot" and seed != args.seeds[0]:
-                continue
-            learner = prompt_learner(method, seed, bundle, class_names, Path(args.prompts))
-            n_ctx[METHOD_LABELS[method]] = f"{learner.n_ctx}×{learner.context_vectors.shape[-1]}"
-            part = out / "parts" / f"{method}-seed{seed}-{_settings_key(args, names, learner, bundle)}.csv"
-            if part.is_file():
-                logger.info("reusing %s", part)
-                tables.append(pd.read_csv(part))
-                reused += 1
-                continue
-            step = time.perf_counter()
-            table = compare_domains(learner, domains, temperature, args, seed)
-            table.insert(0, "seed", seed)
-            table.insert(0, "method", method)
-            part.parent.mkdir(exist_ok=True)
-            table.to_csv(part, index=False)
-            tables.append(table)
-            logger.info("%s seed %d: %d domains in %.0f s", method, seed, len(domains), time.perf_counter() - step)
+    for (method, seed), learner in learners.items():
+        n_ctx[METHOD_LABELS[method]] = f"{learner.n_ctx}×{learner.context_vectors.shape[-1]}"
+        part = out / "parts" / f"{method}-seed{seed}-{_settings_key(args, names, learner, bundle)}.csv"
+        if part.is_file():
+            logger.info("reusing %s", part)
+            tables.append(pd.read_csv(part))
+            reused += 1
+            continue
+        step = time.perf_counter()
+        table = compare_domains(learner, domains, temperature, args, seed)
+        table.insert(0, "seed", seed)
+        table.insert(0, "method", method)
+        write_text_atomically(part, table.to_csv(index=False))
+        tables.append(table)
+        logger.info("%s seed %d: %d domains in %.0f s", method, seed, len(domains), time.perf_counter() - step)
 
     runs = pd.concat(tables, ignore_index=True)
     numeric = [column for column in runs.select_dtypes("number").columns if column != "seed"]
@@ -367,8 +449,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     }
     save_results(runs, out / "hessian_runs")
     save_results(summary.reset_index(), out / "hessian_summary")
-    (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    (out / "hessian_summary.md").write_text(summary_markdown(runs, settings), encoding="utf-8")
+    write_text_atomically(out / "settings.json", json.dumps(settings, indent=2) + "\n")
+    write_text_atomically(out / "hessian_summary.md", summary_markdown(runs, settings))
     plot(runs, out / "hessian_consistency.png")
     logger.info("wrote %s in %.0f s", out, settings["seconds"])
     return runs

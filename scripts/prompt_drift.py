@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from dsenergy._atomic import write_text_atomically
 from dsenergy.data.fashion_open import FASHION_ID_CLASSES
 from dsenergy.demo import DEMO_MODEL_NAME, DEMO_TEMPLATES
 from dsenergy.models import build_zero_shot_classifier, load_clip
@@ -31,13 +32,27 @@ from dsenergy.train import load_prompt_learner
 
 logger = logging.getLogger("prompt_drift")
 
+PROMPTS_SOURCE = (
+    "scripts/finetune_table.py writes <method>-seed<s>.pt files to the prompts folder under its --out "
+    "(default results/finetune/prompts)"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", required=True, help="folder of saved prompt learners (<method>-seed<s>.pt)")
-    parser.add_argument("--model", default=DEMO_MODEL_NAME, help="open_clip model name the prompts were trained on")
-    parser.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file of that model")
+    parser.add_argument(
+        "--prompts", required=True,
+        help="folder of saved prompt learners named <method>-seed<s>.pt, as scripts/finetune_table.py writes them",
+    )
+    parser.add_argument(
+        "--model", default=DEMO_MODEL_NAME, help="open_clip model name the prompts were trained on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--pretrained", default=None,
+        help="open_clip tag or checkpoint file of that model (default: the model's own; the demo model loads its "
+        "committed checkpoint)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: the folder above --prompts)")
     return parser
 
@@ -68,9 +83,12 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     prompts = Path(args.prompts)
-    files = sorted(prompts.glob("*-seed*.pt")) if prompts.is_dir() else []
+    if not prompts.is_dir():
+        state = "is a file" if prompts.exists() else "does not exist"
+        parser.error(f"--prompts {prompts} {state}; pass a folder of <method>-seed<s>.pt prompt files. {PROMPTS_SOURCE}")
+    files = sorted(prompts.glob("*-seed*.pt"))
     if not files:
-        parser.error(f"--prompts {prompts} holds no <method>-seed<s>.pt files; scripts/finetune_table.py writes them")
+        parser.error(f"--prompts {prompts} contains no <method>-seed<s>.pt prompt files; {PROMPTS_SOURCE}")
 
     bundle = load_clip(args.model, args.pretrained)
     if args.model == DEMO_MODEL_NAME:
@@ -79,11 +97,15 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         from dsenergy.data.protocols import imagenet_templates
 
         templates = imagenet_templates()
-    table = drift_table(files, bundle, FASHION_ID_CLASSES, templates)
+    try:
+        table = drift_table(files, bundle, FASHION_ID_CLASSES, templates)
+    except ValueError as error:
+        # The prompt files do not fit the model from --model / --pretrained, or are no saved prompt learners.
+        parser.error(f"--prompts: {error}")
 
     out = Path(args.out) if args.out else prompts.parent
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "prompt_drift.csv", index=False)
+    write_text_atomically(out / "prompt_drift.csv", table.to_csv(index=False))
     lines = [
         "| prompts | min cosine | mean cosine | context norm |",
         "|---|---|---|---|",
@@ -93,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         f"over the {len(FASHION_ID_CLASSES)} fashion-open ID classes; model {args.model} ({bundle.weights_id}).",
         "",
     ]
-    (out / "prompt_drift.md").write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomically(out / "prompt_drift.md", "\n".join(lines))
     logger.info("Wrote %s and %s (%d prompt learners)", out / "prompt_drift.csv", out / "prompt_drift.md", len(table))
     return table
 

@@ -176,3 +176,20 @@ def test_wrong_tokenizer_length_raises():
     bundle = tiny_bundle()
     with pytest.raises(ValueError, match="context length"):
         PromptLearner(bundle.model, open_clip.get_tokenizer("ViT-B-32"), CLASS_NAMES, n_ctx=4)
+
+
+def test_given_context_vectors_are_used():
+    bundle = tiny_bundle()
+    values = torch.full((4, TINY_MODEL_CONFIG["text_cfg"]["width"]), 0.5)
+
+    learner = PromptLearner(bundle.model, bundle.tokenizer, CLASS_NAMES, n_ctx=4, context_vectors=values)
+
+    assert torch.equal(learner.context_vectors.detach(), values)
+
+
+def test_given_context_vectors_wrong_shape_raise():
+    bundle = tiny_bundle()
+    values = torch.zeros(4, TINY_MODEL_CONFIG["text_cfg"]["width"] + 1)
+
+    with pytest.raises(ValueError, match=r"context_vectors has shape \(4, 33\).*need shape \(4, 32\)"):
+        PromptLearner(bundle.model, bundle.tokenizer, CLASS_NAMES, n_ctx=4, context_vectors=values)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -80,6 +82,15 @@ def test_finetune_saves_prompts_and_config(finetune_run):
             learner = load_prompt_learner(out / "prompts" / f"{method}-seed{seed}.pt", bundle)
             assert torch.equal(learner.context_vectors.detach(), payload["context_vectors"])
             assert payload["extra"]["config"]["ebm_weight"] == (0.0 if method == "coop" else config["ebm_weight"])
+            assert payload["weights_id"] == bundle.weights_id
+
+
+def test_finetune_tables_follow_umask(finetune_run):
+    _, out, _ = finetune_run
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("finetune_summary.md", "config.json", "lambda_sweep.md"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_finetune_summary_tables(finetune_run):
@@ -120,8 +131,9 @@ def test_hessian_table_smoke(finetune_run, tmp_path, monkeypatch):
     out = tmp_path / "hessian"
     runs = module.main([
         "--model", RANDOM_MODEL, "--max-images", "60", "--seeds", "1", "--domains", "covariate/noise/1",
-        "--k", "1", "--iters", "2", "--probes", "2", "--prompts", str(finetune_out / "prompts"), "--out", str(out),
+        "--k", "0", "--iters", "2", "--probes", "2", "--prompts", str(finetune_out / "prompts"), "--out", str(out),
     ])
+    markdown = (out / "hessian_summary.md").read_text(encoding="utf-8")
     assert len(runs) == 3 * 2
     reference = runs[runs.domain == "id_test"]
     shifted = runs[runs.domain != "id_test"]
@@ -130,17 +142,45 @@ def test_hessian_table_smoke(finetune_run, tmp_path, monkeypatch):
     assert shifted.frobenius_diff_normalized.notna().all()
     assert np.allclose(shifted.accuracy_drop, reference.accuracy.to_numpy() - shifted.accuracy.to_numpy())
     assert (out / "hessian_consistency.png").stat().st_size > 1000
-    assert "Spearman" in (out / "hessian_summary.md").read_text(encoding="utf-8")
+    assert "Spearman" in markdown
+    assert "no eigenvalues (--k 0)" in markdown
+    assert "**Reduced run:** at most 60 images per split" in markdown
+    assert "± 0 |" not in markdown
 
 
-def test_hessian_table_missing_prompts(tmp_path):
+def test_hessian_table_missing_prompts(tmp_path, capsys):
     module = _load_script("hessian_table")
-    register_model_config(RANDOM_MODEL, DEMO_MODEL_CONFIG)
-    with pytest.raises(FileNotFoundError, match="finetune_table"):
+    (tmp_path / "coop-seed1.pt").write_bytes(b"")
+
+    # The model name does not exist: the prompt files are checked before any model is loaded.
+    with pytest.raises(SystemExit) as raised:
         module.main([
-            "--model", RANDOM_MODEL, "--max-images", "30", "--methods", "coop", "--seeds", "1",
-            "--domains", "covariate/noise/1", "--prompts", str(tmp_path), "--out", str(tmp_path / "out"),
+            "--model", "no-such-model", "--methods", "coop", "coop_ebm", "--seeds", "1", "2",
+            "--prompts", str(tmp_path), "--out", str(tmp_path / "out"),
         ])
+
+    error = capsys.readouterr().err
+    assert raised.value.code == 2
+    assert f"--prompts {tmp_path} lacks coop_ebm-seed1.pt, coop-seed2.pt, coop_ebm-seed2.pt;" in error
+    assert "scripts/finetune_table.py writes them" in error
+
+
+def test_hessian_table_prompts_not_folder(tmp_path, capsys):
+    module = _load_script("hessian_table")
+
+    with pytest.raises(SystemExit):
+        module.main(["--methods", "coop", "--prompts", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
+
+    assert f"--prompts {tmp_path / 'absent'} is not a folder; it must contain coop-seed1.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [("--k", "-1"), ("--iters", "0"), ("--probes", "0"), ("--max-images", "0")])
+def test_hessian_rejects_bad_option(option, value, tmp_path, capsys):
+    module = _load_script("hessian_table")
+    with pytest.raises(SystemExit) as raised:
+        module.main([option, value, "--out", str(tmp_path)])
+    assert raised.value.code == 2
+    assert option in capsys.readouterr().err
 
 
 def test_hessian_rejects_other_weights(finetune_run):
@@ -159,6 +199,148 @@ def test_finetune_rejects_bad_option(option, value, capsys):
         module.main([option, value])
     assert raised.value.code == 2
     assert option in capsys.readouterr().err
+
+
+def test_finetune_help_shows_defaults():
+    module = _load_script("finetune_table")
+
+    text = " ".join(module.build_parser().format_help().split())
+
+    assert "(default: results/finetune in the repository, the committed tables, which a run overwrites)" in text
+    assert "training images per class (default: 16)" in text
+    assert "training epochs per run (default: 50)" in text
+
+
+def test_training_lines_single_epoch():
+    module = _load_script("finetune_table")
+    training = [module.training_record("coop", 1, 0.0, [{"ce": 0.732, "acc": 0.5}])]
+
+    text = "\n".join(module.training_lines(training))
+
+    assert "CoOp seed 1 trained for one epoch" in text
+    assert "Every run ended with a lower training CE" not in text
+
+
+def test_training_lines_unchanged_ce():
+    module = _load_script("finetune_table")
+    flat = [{"ce": 0.7321, "acc": 0.5}, {"ce": 0.7318, "acc": 0.5}]
+    falling = [{"ce": 0.9, "acc": 0.5}, {"ce": 0.2, "acc": 0.9}]
+    training = [module.training_record("coop", 1, 0.0, flat), module.training_record("coop_ebm", 1, 1.0, falling)]
+
+    text = "\n".join(module.training_lines(training))
+
+    assert "The training CE of CoOp seed 1 did not change from the first epoch" in text
+    assert "1 of 2 runs ended with a lower training CE" in text
+    assert "Every run ended" not in text
+
+
+def test_training_lines_all_lower():
+    module = _load_script("finetune_table")
+    falling = [{"ce": 0.9, "acc": 0.5}, {"ce": 0.2, "acc": 0.9}]
+    training = [module.training_record(method, 1, 0.0, falling) for method in ("coop", "coop_ebm")]
+
+    assert module.training_lines(training)[-1] == "Every run ended with a lower training CE than its first epoch."
+
+
+def _synthetic_runs(values: dict[tuple[str, int], dict[str, float]]) -> pd.DataFrame:
+    """Build a tidy runs table with ID accuracy and near-OOD AUROC / FPR95 per (method, seed)."""
+    rows = []
+    for (method, seed), metrics in values.items():
+        rows.append({"method": method, "seed": seed, "split": "id_test", "split_role": "id", "score": "",
+                     "metric": "accuracy", "value": metrics["acc"]})
+        for score in ("msp", "energy", "mcm", "delta_energy"):
+            for metric in ("auroc", "fpr95"):
+                rows.append({"method": method, "seed": seed, "split": "ood_near", "split_role": "ood", "score": score,
+                             "metric": metric, "value": metrics.get(f"{score} {metric}", 0.5)})
+    return pd.DataFrame(rows)
+
+
+def _summary_config(seeds, top_c: int = 1) -> dict:
+    return {
+        "shots": 2, "seeds": seeds, "model": RANDOM_MODEL, "weights_id": "random", "n_ctx": 4, "epochs": 1,
+        "train_settings": {"lr": 0.002}, "ebm_weight": 1.0, "ebm_weight_source": "set with --ebm-weight",
+        "top_c": top_c, "crop_value": 0.0, "bound": "lower", "loss_temperature": 0.07, "max_images": 60,
+        "score_temperatures": {"msp": 0.07, "energy": 0.07, "mcm": 1.0, "delta_energy": 0.07},
+    }
+
+
+def test_summary_one_seed_claims_no_spread():
+    module = _load_script("finetune_table")
+    runs = _synthetic_runs({
+        ("zeroshot", 1): {"acc": 0.8}, ("coop", 1): {"acc": 0.85}, ("coop_ebm", 1): {"acc": 0.9},
+    })
+
+    markdown = module.summary_markdown(runs, _summary_config([1]))
+
+    assert "Values are from one seed, so no spread is shown" in markdown
+    assert "CoOp+EBM vs CoOp: one seed, so no difference can be compared with a spread over seeds" in markdown
+    assert "The largest difference is +5.0 pp (ID acc)." in markdown
+    assert "within the spread" not in markdown
+    assert "clipart" not in markdown
+    assert "covariate" not in markdown.split("## What the table shows")[1]
+
+
+def test_summary_identical_runs_no_signed_zero():
+    module = _load_script("finetune_table")
+    runs = _synthetic_runs({(method, seed): {"acc": 0.8} for method in ("zeroshot", "coop", "coop_ebm") for seed in (1, 2)})
+
+    markdown = module.summary_markdown(runs, _summary_config([1, 2]))
+
+    assert "The largest mean difference is below 0.05 pp in size." in markdown
+    assert "-0.0 pp" not in markdown
+
+
+def test_summary_msp_gap_beyond_tolerance():
+    module = _load_script("finetune_table")
+    runs = _synthetic_runs({
+        (method, seed): {"acc": 0.8, "msp auroc": 0.80, "delta_energy auroc": 0.843 if method == "coop" else 0.80}
+        for method in ("zeroshot", "coop", "coop_ebm") for seed in (1, 2)
+    })
+
+    markdown = module.summary_markdown(runs, _summary_config([1, 2]))
+
+    assert "ΔEnergy (c = 1) and MSP differ by up to 4.3 pp AUROC (CoOp on the near OOD set)" in markdown
+    assert "monotone" not in markdown
+    assert "match within" not in markdown
+
+
+def test_summary_msp_match_within_tolerance():
+    module = _load_script("finetune_table")
+    runs = _synthetic_runs({
+        (method, seed): {"acc": 0.8, "msp auroc": 0.80, "delta_energy auroc": 0.805}
+        for method in ("zeroshot", "coop", "coop_ebm") for seed in (1, 2)
+    })
+
+    markdown = module.summary_markdown(runs, _summary_config([1, 2]))
+
+    assert "ΔEnergy (c = 1) and MSP match within 1 pp AUROC for every method and OOD set (largest gap 0.5 pp" in markdown
+    assert "a monotone function of MSP" in markdown
+
+
+def test_summary_msp_other_top_c_not_explained():
+    module = _load_script("finetune_table")
+    runs = _synthetic_runs({
+        (method, seed): {"acc": 0.8, "msp auroc": 0.80, "delta_energy auroc": 0.805}
+        for method in ("zeroshot", "coop", "coop_ebm") for seed in (1, 2)
+    })
+
+    markdown = module.summary_markdown(runs, _summary_config([1, 2], top_c=2))
+
+    assert "ΔEnergy (c = 2) and MSP differ by up to 0.5 pp AUROC" in markdown
+    assert "monotone" not in markdown
+
+
+def test_summary_paired_difference_sentence():
+    module = _load_script("finetune_table")
+    accuracy = {("zeroshot", 1): 0.8, ("zeroshot", 2): 0.8, ("coop", 1): 0.80, ("coop", 2): 0.82,
+                ("coop_ebm", 1): 0.90, ("coop_ebm", 2): 0.93}
+    runs = _synthetic_runs({key: {"acc": value} for key, value in accuracy.items()})
+
+    markdown = module.summary_markdown(runs, _summary_config([1, 2]))
+
+    assert "1 of 9 metrics differ with the same sign on all 2 seeds" in markdown
+    assert "Better with CoOp+EBM: ID acc. Worse: none." in markdown
+    assert "The other 8 differences change sign between seeds or have a mean no larger than their standard deviation." in markdown
 
 
 def test_single_seed_summary_shows_no_spread():
@@ -256,5 +438,32 @@ def test_prompt_drift_command_writes_tables(finetune_run, tmp_path):
     assert len(table) == len(list((out / "prompts").glob("*-seed*.pt")))
     assert table["min_cosine"].between(-1.0 - 1e-6, 1.0 + 1e-6).all()
     assert (tmp_path / "prompt_drift.md").read_text(encoding="utf-8").startswith("| prompts | min cosine |")
-    with pytest.raises(SystemExit):
-        module.main(["--prompts", str(tmp_path / "empty"), "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("kind, message", [("absent", "does not exist"), ("file", "is a file"), ("empty", "contains no")])
+def test_prompt_drift_rejects_bad_prompts(kind, message, tmp_path, capsys):
+    module = _load_script("prompt_drift")
+    prompts = tmp_path / "prompts"
+    if kind == "file":
+        prompts.write_text("not a folder")
+    elif kind == "empty":
+        prompts.mkdir()
+
+    with pytest.raises(SystemExit) as raised:
+        module.main(["--prompts", str(prompts), "--out", str(tmp_path)])
+
+    error = capsys.readouterr().err
+    assert raised.value.code == 2
+    assert f"--prompts {prompts} {message}" in error
+    assert "scripts/finetune_table.py writes <method>-seed<s>.pt files" in error
+
+
+def test_prompt_drift_rejects_other_weights(finetune_run, tmp_path, capsys):
+    module = _load_script("prompt_drift")
+    _, out, _ = finetune_run
+
+    with pytest.raises(SystemExit) as raised:
+        module.main(["--prompts", str(out / "prompts"), "--model", "dsenergy-demo", "--out", str(tmp_path)])
+
+    assert raised.value.code == 2
+    assert "was trained on model weights random-init-seed0" in capsys.readouterr().err

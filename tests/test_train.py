@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +17,18 @@ import pytest
 import torch
 from PIL import Image
 
+from dsenergy.data._arrays import ArrayImageDataset
+from dsenergy.models import load_clip, register_model_config
 from dsenergy.train import (
     CHECKPOINT_NAME,
+    ResumeError,
     TrainConfig,
     _parser,
     learning_rate_factor,
     load_prompt_learner,
+    main,
+    save_prompt_learner,
+    steps_per_epoch,
     train_prompts,
 )
 from tests.ddp_worker import CLASS_NAMES, TINY_MODEL_CONFIG, synthetic_features, tiny_bundle
@@ -185,6 +194,71 @@ def test_checkpoint_written_atomically_each_epoch(tmp_path, data):
     assert len(json.loads((tmp_path / "history.json").read_text())) == 2
 
 
+def test_history_written_each_epoch(tmp_path, data):
+    lengths = []
+
+    def record_history(epoch: int, record: dict) -> None:
+        lengths.append(len(json.loads((tmp_path / "history.json").read_text())))
+
+    train_prompts(tiny_bundle(), CLASS_NAMES, data, _config(epochs=3, output_dir=str(tmp_path)), epoch_callback=record_history)
+
+    assert lengths == [1, 2, 3]
+
+
+def test_output_files_follow_umask(tmp_path, data):
+    umask = os.umask(0o022)
+    try:
+        train_prompts(tiny_bundle(), CLASS_NAMES, data, _config(epochs=1, output_dir=str(tmp_path)))
+    finally:
+        os.umask(umask)
+
+    for name in ("checkpoint.pt", "history.json", "prompt_learner.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("method, epochs", [("zeroshot", 30), ("coop", 0)])
+def test_untrained_run_writes_outputs(tmp_path, data, method, epochs):
+    bundle = tiny_bundle()
+
+    result = train_prompts(bundle, CLASS_NAMES, data, _config(method=method, epochs=epochs, output_dir=str(tmp_path)))
+
+    assert json.loads((tmp_path / "history.json").read_text()) == []
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+    reloaded = load_prompt_learner(tmp_path / "prompt_learner.pt", bundle)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(), result.prompt_learner(), atol=0, rtol=0)
+
+
+def test_output_dir_that_is_file_raises(tmp_path, data):
+    existing = tmp_path / "run"
+    existing.write_text("not a folder")
+    epochs_run = []
+
+    with pytest.raises(ValueError, match=r"output_dir .*run is an existing file"):
+        train_prompts(tiny_bundle(), CLASS_NAMES, data, _config(output_dir=str(existing)),
+                      epoch_callback=lambda epoch, record: epochs_run.append(epoch))
+    assert epochs_run == []
+
+
+def test_partial_batch_runs_one_step(data):
+    bundle = tiny_bundle()
+    features, labels = data
+    calls = []
+    handle = bundle.model.transformer.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    try:
+        train_prompts(bundle, CLASS_NAMES, (features[:20], labels[:20]), _config(epochs=1, batch_size=32))
+    finally:
+        handle.remove()
+
+    assert len(calls) == steps_per_epoch(20, 32)
+    assert steps_per_epoch(20, 32) == 1
+
+
+@pytest.mark.parametrize("samples, batch_size, steps", [(0, 32, 0), (24, 32, 1), (32, 32, 1), (70, 32, 2), (96, 32, 3)])
+def test_steps_per_epoch(samples, batch_size, steps):
+    assert steps_per_epoch(samples, batch_size) == steps
+
+
 def test_saved_prompt_learner_reloads(tmp_path, data):
     bundle = tiny_bundle()
     result = train_prompts(bundle, CLASS_NAMES, data, _config(output_dir=str(tmp_path)))
@@ -201,6 +275,73 @@ def test_resume_with_other_settings_raises(tmp_path, data):
 
     with pytest.raises(ValueError, match="ebm_weight"):
         train_prompts(bundle, CLASS_NAMES, data, _config(epochs=2, ebm_weight=3.0, output_dir=str(tmp_path), resume=True))
+
+
+def _interrupted_run(bundle, data, output_dir: Path, **overrides) -> None:
+    """Train 3 epochs into output_dir and stop after the second, leaving a checkpoint to resume."""
+    config = _config(epochs=3, output_dir=str(output_dir), **overrides)
+    with pytest.raises(_Interrupt):
+        train_prompts(bundle, CLASS_NAMES, data, config, epoch_callback=_interrupt_after(2))
+
+
+def test_resume_with_other_data_raises(tmp_path, data):
+    bundle = tiny_bundle()
+    _interrupted_run(bundle, data, tmp_path)
+    features, labels = data
+
+    with pytest.raises(ResumeError, match="other training data"):
+        train_prompts(bundle, CLASS_NAMES, (features[:18], labels[:18]), _config(epochs=3, output_dir=str(tmp_path), resume=True))
+
+
+def test_resume_with_other_weights_raises(tmp_path, data):
+    _interrupted_run(tiny_bundle(), data, tmp_path)
+    other = tiny_bundle(seed=1)
+
+    with pytest.raises(ResumeError, match=re.escape(f"current model has '{other.weights_id}'")):
+        train_prompts(other, CLASS_NAMES, data, _config(epochs=3, output_dir=str(tmp_path), resume=True))
+
+
+def test_resume_with_other_images_raises(tmp_path):
+    generator = np.random.default_rng(0)
+    images = ArrayImageDataset(
+        generator.integers(0, 255, (20, 40, 40), dtype=np.uint8), np.arange(20) % len(CLASS_NAMES), CLASS_NAMES, "random/20"
+    )
+    bundle = tiny_bundle()
+    _interrupted_run(bundle, torch.utils.data.Subset(images, list(range(12))), tmp_path, input_mode="images")
+    shifted = torch.utils.data.Subset(images, list(range(1, 13)))
+
+    with pytest.raises(ResumeError, match="other training data"):
+        train_prompts(bundle, CLASS_NAMES, shifted, _config(epochs=3, input_mode="images", output_dir=str(tmp_path), resume=True))
+
+
+def test_resume_old_checkpoint_warns(tmp_path, data, caplog):
+    bundle = tiny_bundle()
+    _interrupted_run(bundle, data, tmp_path)
+    saved = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    del saved["weights_id"], saved["data_fingerprint"]
+    torch.save(saved, tmp_path / CHECKPOINT_NAME)
+    caplog.set_level(logging.WARNING, logger="dsenergy.train")
+
+    resumed = train_prompts(bundle, CLASS_NAMES, data, _config(epochs=3, output_dir=str(tmp_path), resume=True))
+
+    assert len(resumed.history) == 3
+    assert "could not be checked" in caplog.text
+
+
+def test_resume_corrupt_checkpoint_raises(tmp_path, data):
+    (tmp_path / CHECKPOINT_NAME).write_text("not a checkpoint")
+
+    with pytest.raises(ResumeError, match=f"{CHECKPOINT_NAME} cannot be read") as raised:
+        train_prompts(tiny_bundle(), CLASS_NAMES, data, _config(output_dir=str(tmp_path), resume=True))
+    assert "weights_only" not in str(raised.value)
+
+
+def test_resume_missing_checkpoint_warns(tmp_path, data, caplog):
+    caplog.set_level(logging.WARNING, logger="dsenergy.train")
+
+    train_prompts(tiny_bundle(), CLASS_NAMES, data, _config(epochs=1, output_dir=str(tmp_path), resume=True))
+
+    assert "does not exist; starting from epoch 0" in caplog.text
 
 
 def test_resume_without_output_dir_raises(data):
@@ -234,6 +375,8 @@ def test_zeroshot_returns_phrase_context(data):
         ({"top_c": True}, "top_c=True"),
         ({"crop_value": float("nan")}, "crop_value=nan"),
         ({"momentum": -0.1}, "momentum=-0.1"),
+        ({"ctx_init": ""}, "ctx_init=''"),
+        ({"ctx_init": "   "}, "ctx_init='   '"),
     ],
 )
 def test_invalid_config_raises(overrides, message):
@@ -376,4 +519,166 @@ def test_main_trains_on_fashion_open_kshot(tmp_path):
 
     assert len(result.history) == 1
     assert result.prompt_learner.context_vectors.shape[0] == 4
+    assert (tmp_path / "prompt_learner.pt").is_file()
+
+
+WIDE_MODEL_NAME = "dsenergy-tiny-wide-test"
+
+
+def _wide_bundle():
+    """Return a random-weight model like the tiny one but with a 48-wide text tower."""
+    config = json.loads(json.dumps(TINY_MODEL_CONFIG))
+    config["text_cfg"]["width"] = 48
+    register_model_config(WIDE_MODEL_NAME, config)
+    return load_clip(WIDE_MODEL_NAME, None)
+
+
+def _saved_learner(tmp_path, data) -> Path:
+    train_prompts(tiny_bundle(), CLASS_NAMES, data, _config(epochs=1, output_dir=str(tmp_path)))
+    return tmp_path / "prompt_learner.pt"
+
+
+def test_load_checkpoint_names_prompt_file(tmp_path, data):
+    _saved_learner(tmp_path, data)
+
+    with pytest.raises(ValueError, match="training checkpoint.*load .*prompt_learner.pt instead"):
+        load_prompt_learner(tmp_path / CHECKPOINT_NAME, tiny_bundle())
+
+
+def test_load_on_other_width_raises(tmp_path, data):
+    path = _saved_learner(tmp_path, data)
+
+    with pytest.raises(ValueError, match="width 32, trained for model weights random-init-seed0.*has width 48"):
+        load_prompt_learner(path, _wide_bundle())
+
+
+def test_load_on_other_weights_raises(tmp_path, data):
+    path = _saved_learner(tmp_path, data)
+
+    with pytest.raises(ValueError, match="was trained on model weights random-init-seed0"):
+        load_prompt_learner(path, tiny_bundle(seed=1))
+
+
+def test_load_old_file_warns(tmp_path, data, caplog):
+    path = _saved_learner(tmp_path, data)
+    payload = torch.load(path, weights_only=True)
+    del payload["weights_id"]
+    torch.save(payload, path)
+    caplog.set_level(logging.WARNING, logger="dsenergy.train")
+
+    learner = load_prompt_learner(path, tiny_bundle(seed=1))
+
+    assert torch.equal(learner.context_vectors.detach(), payload["context_vectors"])
+    assert "does not record the model weights" in caplog.text
+
+
+def test_load_logs_no_random_init(tmp_path, caplog):
+    bundle = tiny_bundle()
+    learner = train_prompts(bundle, CLASS_NAMES, None, _config(epochs=0, seed=7)).prompt_learner
+    save_prompt_learner(learner, tmp_path / "learner.pt", weights_id=bundle.weights_id)
+    # Set on the emitting logger itself: a command-line test earlier in the session may have raised
+    # the level of the "dsenergy" logger above INFO.
+    caplog.set_level(logging.INFO, logger="dsenergy.prompts")
+    caplog.clear()  # drop the log of the learner's creation above
+
+    load_prompt_learner(tmp_path / "learner.pt", bundle)
+
+    assert "N(0, 0.02^2)" not in caplog.text
+    assert "given values" in caplog.text
+
+
+def test_main_zeroshot_writes_outputs(tmp_path):
+    tiny_bundle()  # registers the tiny architecture with open_clip
+
+    result = main(["--model", "dsenergy-tiny-test", "--method", "zeroshot", "--output-dir", str(tmp_path),
+                   "--log-level", "WARNING"])
+
+    assert json.loads((tmp_path / "history.json").read_text()) == []
+    assert load_prompt_learner(tmp_path / "prompt_learner.pt", tiny_bundle()).ctx_init == "a photo of a"
+    assert result.prompt_learner.ctx_init == "a photo of a"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--epochs", "-1"], "--epochs -1 is invalid"),
+        (["--lr", "0"], "--lr 0.0 is invalid"),
+        (["--method", "foo"], "argument --method: invalid choice: 'foo'"),
+        (["--top-c", "7"], "--top-c 7 exceeds the 6 fashion-open ID classes"),
+        (["--resume"], "--resume needs --output-dir"),
+        (["--device", "gpu"], "--device 'gpu' is invalid"),
+        (["--log-level", "chatty"], "argument --log-level: invalid choice"),
+        (["--shots", "-3"], "--shots -3 is invalid"),
+        (["--shots", "1000"], "--shots 1000 exceeds the smallest id_train class"),
+        (["--ctx-init", ""], "--ctx-init '' is invalid"),
+    ],
+)
+def test_main_rejects_bad_value(arguments, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(arguments)
+
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_main_rejects_file_output_dir(tmp_path, capsys):
+    (tmp_path / "run").write_text("not a folder")
+
+    with pytest.raises(SystemExit) as raised:
+        main(["--output-dir", str(tmp_path / "run")])
+
+    assert raised.value.code == 2
+    assert f"--output-dir {tmp_path / 'run'} is an existing file" in capsys.readouterr().err
+
+
+def test_main_rejects_corrupt_checkpoint(tmp_path, capsys):
+    (tmp_path / CHECKPOINT_NAME).write_text("not a checkpoint")
+
+    with pytest.raises(SystemExit) as raised:
+        main(["--output-dir", str(tmp_path), "--resume"])
+
+    error = capsys.readouterr().err
+    assert raised.value.code == 2
+    assert f"{tmp_path / CHECKPOINT_NAME} cannot be read" in error
+    assert "weights_only" not in error
+
+
+def test_main_resume_with_other_shots_exits(tmp_path, capsys):
+    tiny_bundle()  # registers the tiny architecture with open_clip
+    common = ["--model", "dsenergy-tiny-test", "--epochs", "1", "--n-ctx", "4", "--batch-size", "8", "--no-progress",
+              "--output-dir", str(tmp_path), "--log-level", "WARNING"]
+    main(["--shots", "2", *common])
+
+    with pytest.raises(SystemExit) as raised:
+        main(["--shots", "3", "--resume", *common])
+
+    assert raised.value.code == 2
+    assert "--resume: checkpoint" in capsys.readouterr().err
+
+
+def test_help_shows_defaults():
+    text = " ".join(_parser().format_help().split())
+
+    assert "0 uses all id_train images (default: 16)" in text
+    assert "(default: none, so the context is drawn from N(0, 0.02²) with --seed; --method zeroshot uses 'a photo of a')" in text
+    assert "instead of one shared context (default: off)" in text
+    assert "show progress bars (default: on)" in text
+    assert "the phrase 'a photo of a' unless --ctx-init is given" in text
+
+
+def test_torchrun_logs_once_per_message(tmp_path):
+    from dsenergy.demo import demo_checkpoint_path
+
+    if not demo_checkpoint_path().is_file():
+        pytest.skip(f"demo checkpoint {demo_checkpoint_path()} is missing; train it with `python -m dsenergy.demo train`")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "dsenergy.train", "--method", "zeroshot", "--no-progress",
+        "--device", "cpu", "--output-dir", str(tmp_path),
+    ]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300)
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stderr.count("prompt learner: 6 classes") == 1
     assert (tmp_path / "prompt_learner.pt").is_file()
