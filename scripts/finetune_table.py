@@ -424,8 +424,9 @@ def _paired_difference_line(frame: pd.DataFrame, columns: Sequence[str]) -> str:
     )
     others = len(columns) - len(consistent)
     if others:
+        subject = f"All {others}" if not consistent else f"The other {others}"
         line += (
-            f" The other {others} differences change sign between seeds or have a mean no larger than their "
+            f" {subject} differences change sign between seeds or have a mean no larger than their "
             "standard deviation."
         )
     return line

@@ -343,6 +343,18 @@ def test_summary_paired_difference_sentence():
     assert "The other 8 differences change sign between seeds or have a mean no larger than their standard deviation." in markdown
 
 
+def test_summary_no_consistent_difference_sentence():
+    module = _load_script("finetune_table")
+    accuracy = {("zeroshot", 1): 0.8, ("zeroshot", 2): 0.8, ("coop", 1): 0.80, ("coop", 2): 0.82,
+                ("coop_ebm", 1): 0.81, ("coop_ebm", 2): 0.81}
+    runs = _synthetic_runs({key: {"acc": value} for key, value in accuracy.items()})
+
+    markdown = module.summary_markdown(runs, _summary_config([1, 2]))
+
+    assert "0 of 9 metrics differ with the same sign on all 2 seeds" in markdown
+    assert "All 9 differences change sign between seeds or have a mean no larger than their standard deviation." in markdown
+
+
 def test_single_seed_summary_shows_no_spread():
     module = _load_script("finetune_table")
     frame = pd.DataFrame({"method": ["coop", "coop_ebm"], "seed": [1, 1], "ID acc": [0.9, 0.95]})
