@@ -94,7 +94,9 @@ def _command_run(args: argparse.Namespace) -> int:
         return 2
     except NotebookExecutionError as error:
         # The runner has already logged the failing notebook and cell.
-        if error.result is not None:
+        if error.result is not None and args.keep_going:
+            logger.error("run finished with the failures above; results: %s", error.result.out_dir / "results.md")
+        elif error.result is not None:
             logger.error("run stopped by the failure above; partial results: %s", error.result.out_dir / "results.md")
         else:
             logger.error("%s", error)

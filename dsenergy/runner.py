@@ -314,8 +314,9 @@ def _run_one(
         }
     except Exception as error:  # noqa: BLE001 - kernel start-up and timeouts are reported per notebook
         result.status = "failed"
-        result.error = {"cell_index": None, "execution_count": None, "ename": type(error).__name__,
-                        "evalue": str(error), "source": ""}
+        cell_index, execution_count, cell_source = _last_started_cell(output)
+        result.error = {"cell_index": cell_index, "execution_count": execution_count, "ename": type(error).__name__,
+                        "evalue": str(error), "source": cell_source}
     result.duration_s = time.perf_counter() - began
     if result.error is not None:
         result.error["cell_number"] = _source_cell_number(source, result.error["cell_index"])
@@ -325,6 +326,30 @@ def _run_one(
         result.html = _export_html(output)
     result.records = _read_records(out_dir, name)
     return result
+
+
+def _last_started_cell(output: Path) -> tuple[int | None, int | None, str]:
+    """Return (index, execution count, source) of the last cell that papermill started in ``output``.
+
+    A cell time-out raises nbclient's ``CellTimeoutError`` without a cell index, but papermill has
+    written a start time into every cell it began, so the last one is the cell that was running.
+    Returns ``(None, None, "")`` when no cell started, as when the kernel fails to start.
+    """
+    if not output.is_file():
+        return None, None, ""
+    import nbformat
+
+    try:
+        cells = nbformat.read(str(output), as_version=4).cells
+    except (OSError, ValueError) as error:
+        logger.warning("could not read %s to locate the failing cell: %s", output, error)
+        return None, None, ""
+    started = [index for index, cell in enumerate(cells)
+               if cell.cell_type == "code" and cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not started:
+        return None, None, ""
+    cell = cells[started[-1]]
+    return started[-1], cell.get("execution_count"), cell.get("source", "")
 
 
 def _source_cell_number(source: Path, cell_index: int | None) -> int | None:

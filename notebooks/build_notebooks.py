@@ -299,8 +299,8 @@ Other models, τ or c can change every one of these comparisons.""",
     for split in ood_splits:
         gap = auroc.loc[split, "delta_energy"] - auroc.loc[split, "energy"]
         leader = "ΔE beats Energy" if gap > 0 else "Energy beats ΔE" if gap < 0 else "ΔE and Energy tie"
-        lines.append(f"- {viz.split_label(split)}: {leader} (AUROC {auroc.loc[split, 'delta_energy']:.3f} against "
-                     f"{auroc.loc[split, 'energy']:.3f}); best score {best[split]}")
+        lines.append(f"- {viz.split_label(split)}: {leader} (AUROC of ΔE {auroc.loc[split, 'delta_energy']:.3f}, "
+                     f"of Energy {auroc.loc[split, 'energy']:.3f}); best score {best[split]}")
     display(Markdown("In this run:\\n\\n" + "\\n".join(lines)))""",
     """## ROC curves
 
@@ -440,8 +440,8 @@ records.record("consistency_gain_frobenius", hessian_claim["frobenius_diff_norma
                unit="normalised Frobenius difference, CoOp minus CoOp+EBM",
                description="mean over covariate domains with a 95% normal interval; positive = CoOp+EBM more consistent")
 records.record("consistency_verdict", hessian_claim["verdict"], description="combined verdict of both metrics")
-lines = [f"- {label}: {hessian_claim[metric]['value']:+.4f} [{hessian_claim[metric]['low']:+.4f}, "
-         f"{hessian_claim[metric]['high']:+.4f}] → {hessian_claim['verdicts'][metric]}"
+lines = [f"- {label}: {hessian_claim[metric]['value']:+.3g} [{hessian_claim[metric]['low']:+.3g}, "
+         f"{hessian_claim[metric]['high']:+.3g}] → {hessian_claim['verdicts'][metric]}"
          for metric, label in [("hessian_cosine", "Hessian cosine, CoOp+EBM minus CoOp"),
                                ("frobenius_diff_normalized", "normalised Frobenius difference, CoOp minus CoOp+EBM")]]
 display(Markdown("Gain in consistency of CoOp+EBM over CoOp (positive = more consistent):\\n\\n" + "\\n".join(lines)

@@ -574,3 +574,32 @@ def test_markdown_tables_escape_pipes():
     assert lines[2] == "| \\|AUROC(ΔE) - AUROC(MSP)\\| | ood_near |"
     unescaped = [line.replace("\\|", "").count("|") for line in lines]
     assert len(set(unescaped)) == 1
+
+
+def test_timed_out_cell_is_located(tmp_path):
+    import papermill
+    from nbclient.exceptions import CellTimeoutError
+
+    from dsenergy.runner import _last_started_cell
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
+    notebook.cells = [nbformat.v4.new_markdown_cell("# slow"), nbformat.v4.new_code_cell("x = 1"),
+                      nbformat.v4.new_code_cell("import time\ntime.sleep(60)"), nbformat.v4.new_code_cell("y = 2")]
+    source, output = tmp_path / "slow.ipynb", tmp_path / "slow_out.ipynb"
+    nbformat.write(notebook, str(source))
+    kernel = find_kernel(None, spec_dir=tmp_path / ".jupyter")
+
+    with pytest.raises(CellTimeoutError):
+        papermill.execute_notebook(str(source), str(output), kernel_name=kernel, execution_timeout=1, progress_bar=False)
+    index, execution_count, cell_source = _last_started_cell(output)
+
+    assert index == 2
+    assert execution_count == 2
+    assert "time.sleep(60)" in cell_source
+
+
+def test_unstarted_notebook_has_no_failing_cell(tmp_path):
+    from dsenergy.runner import _last_started_cell
+
+    assert _last_started_cell(tmp_path / "missing.ipynb") == (None, None, "")
