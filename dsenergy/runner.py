@@ -419,7 +419,7 @@ def run_notebooks(
     """
     if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int)
                                      or cell_timeout <= 0):
-        # papermill and nbclient take 0 and negative timeouts as no limit, so only None asks for that.
+        # papermill and nbclient take 0 and negative timeouts as no limit, so only None selects no limit here.
         raise ValueError(f"cell_timeout must be a positive number of seconds or None for no limit, got {cell_timeout!r}")
     selected = resolve_notebooks(only)
     out_dir = Path(out_dir).expanduser().resolve()
