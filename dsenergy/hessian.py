@@ -1178,7 +1178,7 @@ def consistency_verdict(table: Any, baseline: Any, confidence: float = 0.95) -> 
     (baseline − table, so that higher is again more consistent) each get an interval from
     :func:`consistency_gain` and a verdict from :func:`dsenergy.metrics.claim_verdict`. The claim is
     ``"held"`` or ``"contradicted"`` only when both metrics give that verdict, ``"metrics disagree"`` when one
-    holds and the other contradicts, and ``"not supported"`` otherwise.
+    metric's verdict is held and the other's contradicted, and ``"not supported"`` otherwise.
     """
     from dsenergy.metrics import claim_verdict
 

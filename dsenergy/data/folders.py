@@ -226,9 +226,8 @@ def _ends_with(path: Path, suffix: bytes) -> bool:
 def _samples_sha256(samples: Iterable[tuple[Path, int]], root: Path) -> str:
     """Hash relative paths, labels, sizes and modification times, so that an edited image changes the hash.
 
-    Reading every image to hash its pixels would cost as much as decoding it; the modification time
-    catches an image rewritten with the same size, at the price of a new hash after a copy that does
-    not keep times.
+    Hashing the pixels would cost as much as decoding every image. The modification time catches an
+    image rewritten with the same size, at the price of a new hash after a copy that does not keep times.
     """
     digest = hashlib.sha256()
     for path, label in samples:
