@@ -1107,7 +1107,7 @@ def consistency_gain(
         standard_error = math.sqrt(variance) / len(domains)
     half_width = float(norm.ppf(0.5 + confidence / 2.0) * standard_error)
     return {"value": value, "low": value - half_width, "high": value + half_width, "confidence": confidence,
-            "paired": paired is not None}
+            "standard_error": standard_error, "paired": paired is not None}
 
 
 def _paired_replicates(table: Any, baseline: Any, metric: str, domains: Sequence[str]) -> Tensor | None:
@@ -1145,7 +1145,6 @@ def seed_consistency_gain(
     ``per_seed`` lists the single-seed gains.
     """
     from dsenergy.metrics import paired_bootstrap
-    from scipy.stats import norm
 
     if len(tables) != len(baselines) or not tables:
         raise ValueError(
@@ -1154,8 +1153,7 @@ def seed_consistency_gain(
         )
     per_seed = [consistency_gain(table, baseline, metric, confidence) for table, baseline in zip(tables, baselines)]
     values = np.array([gain["value"] for gain in per_seed])
-    # Back out each seed's standard error from its normal interval.
-    errors = np.array([(gain["high"] - gain["low"]) / 2.0 for gain in per_seed]) / norm.ppf(0.5 + confidence / 2.0)
+    errors = np.array([gain["standard_error"] for gain in per_seed])
     value = float(values.mean())
     if len(values) < 2:
         return {"value": value, "low": math.nan, "high": math.nan, "confidence": confidence,

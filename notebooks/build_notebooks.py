@@ -346,9 +346,9 @@ mean_auroc = covariate_table.groupby("score")["auroc_vs_id"].mean()
 display(Markdown(f"Averaged over these shifts, {mean_auroc.idxmax()} rejects shifted ID images most (mean AUROC "
                  f"{mean_auroc.max():.3f}) and {mean_auroc.idxmin()} least ({mean_auroc.min():.3f}). A score that "
                  "detects far OOD well can pay for it here."))
-shown = covariate_table.pivot(index="score", columns="split", values="auroc_vs_id").loc[list(score_names)]
-shown.loc["zero-shot accuracy"] = covariate_table.groupby("split")["accuracy"].first()
-shown.rename(columns=viz.split_label).style.format("{:.3f}")""",
+covariate_summary = covariate_table.pivot(index="score", columns="split", values="auroc_vs_id").loc[list(score_names)]
+covariate_summary.loc["zero-shot accuracy"] = covariate_table.groupby("split")["accuracy"].first()
+covariate_summary.rename(columns=viz.split_label).style.format("{:.3f}")""",
 ]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dsenergy._atomic import write_text_atomically
 from dsenergy._paths import cache_dir as default_cache_dir
 from dsenergy.data._arrays import array_sha256
 
@@ -98,9 +99,6 @@ def kshot_indices(
         "labels_sha256": array_sha256(labels),
         "indices": indices.tolist(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(record, indent=1) + "\n")
     logger.info("K-shot split %s (k=%d, seed=%d): %d indices written to %s", dataset_id, k, seed, len(indices), path)
     return indices
